@@ -1,0 +1,62 @@
+//! The `nublar` command: one binary for every role.
+
+mod bench;
+mod log_command;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "nublar",
+    version,
+    about = "Telemetry pipeline for large sensor fleets: ingest, a durable commit log, processors, and a Delta Lake",
+    propagate_version = true
+)]
+struct Cli {
+    /// The node's data directory; the commit log lives in its `log` folder.
+    #[arg(
+        long,
+        global = true,
+        env = "NUBLAR_DATA",
+        default_value = "./nublar-data"
+    )]
+    data: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Look inside the commit log of a data directory no node owns.
+    #[command(subcommand)]
+    Log(log_command::LogCommand),
+    /// Benchmark programs; each prints its figures and the machine they ran on.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NUBLAR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Log(command) => log_command::run(&cli.data, command),
+        Command::Bench(command) => bench::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

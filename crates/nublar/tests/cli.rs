@@ -1,0 +1,212 @@
+//! The `nublar` binary as an operator uses it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use nublar_log::{BatchBuilder, Compression, Log, OpenOptions, TopicConfig};
+
+fn nublar(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nublar"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[test]
+fn help_lists_the_subcommands_and_version_prints_the_version() {
+    let help = stdout(&nublar(&["--help"]));
+    for command in ["log", "bench"] {
+        assert!(help.contains(command), "{help}");
+    }
+    let version = stdout(&nublar(&["--version"]));
+    assert_eq!(
+        version.trim(),
+        format!("nublar {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+fn fill(data: &Path) {
+    let log = Log::open_with(
+        data.join("log"),
+        OpenOptions {
+            background: false,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    log.create_topic("telemetry", TopicConfig::with_partitions(2))
+        .unwrap();
+    for index in 0..5 {
+        let mut builder = BatchBuilder::new(Compression::Zstd)
+            .batch_key(&format!("req-{index}"))
+            .unwrap();
+        builder.push(
+            None,
+            format!("weather,station=s{index} temp_c=21.5").as_bytes(),
+            &[("sender", b"2001:db8::9")],
+        );
+        log.append("telemetry", 1, builder.finish().unwrap())
+            .unwrap();
+    }
+    log.commit("lake", &[("telemetry", 1, 3)]).unwrap();
+    log.set_required("lake", "telemetry", true).unwrap();
+    log.close().unwrap();
+}
+
+#[test]
+fn log_commands_look_inside_a_directory_without_changing_it() {
+    let data = tempfile::tempdir().unwrap();
+    fill(data.path());
+    let data_arg = data.path().to_str().unwrap();
+
+    let topics = stdout(&nublar(&["log", "topics", "--data", data_arg]));
+    assert!(
+        topics
+            .lines()
+            .any(|line| line.starts_with("telemetry") && line.contains(" 5 ")),
+        "{topics}"
+    );
+
+    let describe = stdout(&nublar(&[
+        "log",
+        "describe",
+        "telemetry",
+        "--data",
+        data_arg,
+    ]));
+    assert!(describe.contains("partition 1: offsets 0..5"), "{describe}");
+    assert!(
+        describe.contains("group lake (required): committed 3, lag 2"),
+        "{describe}"
+    );
+
+    let tail = stdout(&nublar(&[
+        "log",
+        "tail",
+        "telemetry",
+        "-p",
+        "1",
+        "-n",
+        "2",
+        "--data",
+        data_arg,
+    ]));
+    let lines: Vec<&str> = tail.lines().collect();
+    assert_eq!(lines.len(), 2, "{tail}");
+    assert!(
+        lines[0].starts_with("3 ") && lines[0].contains("station=s3"),
+        "{tail}"
+    );
+    assert!(
+        lines[1].contains("nublar-batch-key=req-4") && lines[1].contains("sender=2001:db8::9"),
+        "{tail}"
+    );
+
+    let dump = stdout(&nublar(&[
+        "log",
+        "dump",
+        "telemetry",
+        "-p",
+        "1",
+        "--records",
+        "--data",
+        data_arg,
+    ]));
+    assert_eq!(
+        dump.lines()
+            .filter(|line| line.starts_with("batch offsets"))
+            .count(),
+        5,
+        "{dump}"
+    );
+    assert!(
+        dump.contains("codec zstd") && dump.contains("(ok)"),
+        "{dump}"
+    );
+
+    // Read-only: a second look finds the clean-shutdown marker still there.
+    assert!(
+        data.path()
+            .join("log/topics/telemetry/1/clean-shutdown")
+            .exists()
+    );
+
+    let unknown = nublar(&["log", "describe", "nope", "--data", data_arg]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown topic"));
+}
+
+#[test]
+fn log_commands_refuse_a_directory_a_process_owns() {
+    let data = tempfile::tempdir().unwrap();
+    fill(data.path());
+    let _owner = Log::open(data.path().join("log")).unwrap();
+    let output = nublar(&["log", "topics", "--data", data.path().to_str().unwrap()]);
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("another nublar process owns"), "{error}");
+}
+
+/// The log benchmark with tiny parameters: it must run, print every column
+/// and the group commit line, and leave nothing behind.
+#[test]
+fn the_log_benchmark_runs_and_cleans_up() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = nublar(&[
+        "bench",
+        "log",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--seconds",
+        "0.05",
+        "--record-bytes",
+        "100",
+        "--batch-records",
+        "1,100",
+        "--producers",
+        "1,4",
+    ]);
+    let text = stdout(&output);
+    assert!(text.starts_with("machine: "), "{text}");
+    assert!(
+        text.contains("raw_recs/s") && text.contains("consume_rec/s"),
+        "{text}"
+    );
+    let rows = text
+        .lines()
+        .filter(|line| line.trim_start().starts_with("100 "))
+        .count();
+    assert_eq!(
+        rows, 5,
+        "1 and 4 producers for two batch sizes, plus 4 partitions at 100: {text}"
+    );
+    assert!(
+        text.contains("group commit: 100 B x 100: 4 producers / 1 producer"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).unwrap().count(),
+        0,
+        "benchmark data deleted"
+    );
+
+    let open = stdout(&nublar(&[
+        "bench",
+        "log-open",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--gib",
+        "0.01",
+    ]));
+    assert!(open.contains("open of a cleanly closed"), "{open}");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
