@@ -1,9 +1,10 @@
-//! BFD (RFC 5880 asynchronous mode, RFC 5881 single hop) as a sans-IO core.
+//! BFD (RFC 5880 asynchronous mode, RFC 5881 single hop): a sans-IO core and a tokio speaker.
 //!
-//! **This crate knows nothing about sockets, tokio or the clock.** [`packet`] turns bytes into
+//! **The core knows nothing about sockets, tokio or the clock.** [`packet`] turns bytes into
 //! [`ControlPacket`]s and back, [`auth`] seals and checks them, and [`Session`] is a pure state
-//! machine that is handed `now` and answers with [`Actions`]. A later crate layer owns the UDP
-//! sockets (port 3784, TTL 255 checks of RFC 5881 section 5), the clock and demultiplexing.
+//! machine that is handed `now` and answers with [`Actions`]. Only [`runtime`] does I/O: it owns
+//! the UDP sockets (port 3784, the TTL 255 check of RFC 5881 section 5), reads the clock and
+//! picks the session for each datagram; nothing in the core depends on it.
 //!
 //! Failures are kept apart: a bad datagram is an expected error with a named reason
 //! ([`PacketError`], [`ReceiveError`]) that the caller counts and drops; a broken internal
@@ -12,12 +13,18 @@
 pub mod auth;
 pub mod limits;
 pub mod packet;
+pub mod runtime;
 pub mod session;
 
 pub use auth::{AuthenticationError, AuthenticationMode, Authenticator, Sha1Key};
 pub use packet::{
     AuthenticationSection, ControlPacket, Diagnostic, EncodeError, Md5Section, PacketError,
     Sha1Section, SimplePassword, State,
+};
+pub use runtime::{
+    AddSessionError, BindError, SessionCounters, SessionDrops, SessionError, SessionId,
+    SessionSpec, SessionStatus, Speaker, SpeakerConfig, SpeakerCounters, SpeakerDrops,
+    SpeakerStopped, StateEvent,
 };
 pub use session::{
     Actions, Jitter, NoJitter, ParameterError, Parameters, ReceiveError, Session, SessionConfig,

@@ -69,6 +69,40 @@ pub const AUTH_SEQUENCE_FORGET_DETECTION_TIMES: u32 = 2;
 /// that, for at least this many packets, so a single lost datagram does not hide the shutdown.
 pub const ADMIN_DOWN_PACKETS_MIN: u32 = 3;
 
+/// The UDP port of single-hop Control packets (RFC 5881 section 4).
+pub const SINGLE_HOP_CONTROL_PORT: u16 = 3784;
+
+/// Single-hop packets are sent with this TTL or hop limit, and received ones must carry it: a
+/// packet that crossed a router cannot have it any more (RFC 5881 section 5, GTSM).
+pub const SINGLE_HOP_TTL: u8 = 255;
+
+/// Source ports of Control packets come from this range (RFC 5881 section 4).
+pub const TRANSMIT_SOURCE_PORT_MIN: u16 = 49152;
+/// See [`TRANSMIT_SOURCE_PORT_MIN`].
+pub const TRANSMIT_SOURCE_PORT_MAX: u16 = 65535;
+
+/// The IP TOS / IPv6 traffic class of sent packets: CS6, network control, as FRR sends too, so
+/// that queues which protect routing traffic protect BFD as well.
+pub const TRANSMIT_TRAFFIC_CLASS: u8 = 0xc0;
+
+/// Sessions one speaker runs at most. Each owns a transmit socket and a source port; RFC 5881
+/// section 4 asks for unique source ports up to 16384 sessions, far above what a host needs.
+pub const SPEAKER_SESSIONS_MAX: usize = 1024;
+
+/// Commands (add, remove, change a session) queued for the speaker task before callers wait.
+pub const SPEAKER_COMMAND_CHANNEL_CAPACITY: usize = 64;
+
+/// State changes buffered per subscriber; a subscriber that falls further behind is told how
+/// many it missed (tokio broadcast `Lagged`) instead of slowing the speaker down.
+pub const SPEAKER_EVENT_CHANNEL_CAPACITY: usize = 1024;
+
+/// Datagrams read from one socket before the speaker task looks at its timers and commands
+/// again, so a flood on one socket cannot starve the sessions' transmissions.
+pub const RECEIVE_BATCH_DATAGRAMS_MAX: usize = 64;
+
+/// The receive buffer: any Length fits (it is one byte), and extra bytes are ignored.
+pub const RECEIVE_BUFFER_BYTES: usize = 512;
+
 const _: () = assert!(MANDATORY_SECTION_BYTES == 24);
 const _: () = assert!(AUTHENTICATED_PACKET_BYTES_MIN == 26);
 const _: () = assert!(
@@ -94,3 +128,10 @@ const _: () = assert!(JITTER_REDUCTION_PERCENT_MAX < 100);
 const _: () = assert!(AUTH_SEQUENCE_WINDOW_DETECT_MULTIPLIERS * (u8::MAX as u32) < u32::MAX / 2);
 const _: () = assert!(AUTH_SEQUENCE_FORGET_DETECTION_TIMES >= 1);
 const _: () = assert!(ADMIN_DOWN_PACKETS_MIN >= 1);
+// Every session gets its own source port (the subtraction also fails to compile if MIN > MAX).
+const _: () = assert!(
+    SPEAKER_SESSIONS_MAX <= (TRANSMIT_SOURCE_PORT_MAX - TRANSMIT_SOURCE_PORT_MIN) as usize + 1
+);
+const _: () = assert!(RECEIVE_BUFFER_BYTES > u8::MAX as usize);
+const _: () = assert!(SPEAKER_COMMAND_CHANNEL_CAPACITY >= 1 && SPEAKER_EVENT_CHANNEL_CAPACITY >= 1);
+const _: () = assert!(RECEIVE_BATCH_DATAGRAMS_MAX >= 1);

@@ -11,7 +11,6 @@
 //!   section 6.8.7 requires of us: while both sides are Up and no Poll is running we stop
 //!   periodic transmission.
 //! * The Echo function (section 6.4): we always advertise Required Min Echo RX 0.
-//! * The Passive role (section 6.1): a session always transmits first.
 //! * Demultiplexing by address before the peer's discriminator is known (RFC 5881 section 3):
 //!   the caller picks the session; the session only checks Your Discriminator.
 
@@ -43,6 +42,10 @@ pub struct SessionConfig {
     pub parameters: Parameters,
     /// `None` runs the session unauthenticated; packets with the A bit are then dropped.
     pub authentication: Option<Authenticator>,
+    /// The Passive role (RFC 5880 section 6.1): stay silent until the peer has been heard, and
+    /// again after a detection time without it. Lets one side of a link wait for the other,
+    /// for example a server that should never probe clients which are not there.
+    pub passive: bool,
 }
 
 /// A source of randomness for transmit jitter (RFC 5880 section 6.8.7), passed in so that tests
@@ -117,6 +120,8 @@ pub struct Session<J> {
     local_discriminator: NonZeroU32,
     jitter: J,
     authentication: Option<Authenticator>,
+    /// bfd.SessionRole is Passive.
+    passive: bool,
     /// bfd.SessionState.
     state: State,
     /// bfd.LocalDiag.
@@ -192,8 +197,8 @@ impl Jitter for SplitMix64Jitter {
 }
 
 impl<J: Jitter> Session<J> {
-    /// A new session starts Down (RFC 5880 section 6.8.1) and wants to send its first packet
-    /// at once: its first deadline is the epoch, which is never later than `now`.
+    /// A new session starts Down (RFC 5880 section 6.8.1) and, unless passive, wants to send its
+    /// first packet at once: its first deadline is the epoch, which is never later than `now`.
     pub fn new(
         config: SessionConfig,
         local_discriminator: NonZeroU32,
@@ -205,6 +210,7 @@ impl<J: Jitter> Session<J> {
             local_discriminator,
             jitter,
             authentication: config.authentication,
+            passive: config.passive,
             state: State::Down,
             local_diagnostic: Diagnostic::NoDiagnostic,
             configured: config.parameters,
@@ -214,7 +220,7 @@ impl<J: Jitter> Session<J> {
             poll_active: false,
             remote: RemoteView::unknown(),
             last_transmit_at: None,
-            next_transmit_at: Some(Duration::ZERO),
+            next_transmit_at: (!config.passive).then_some(Duration::ZERO),
             scheduled_interval_us: 0,
             detection_deadline: None,
             last_valid_receive_at: None,
@@ -654,6 +660,9 @@ impl<J: Jitter> Session<J> {
 
     fn periodic_transmission_allowed(&self, now: Duration) -> bool {
         if self.remote.required_min_rx_us == 0 {
+            return false;
+        }
+        if self.passive && self.remote.discriminator == 0 {
             return false;
         }
         let remote_in_demand_mode =

@@ -328,6 +328,7 @@ fn authenticated(mode: AuthenticationMode, initial_sequence_number: u32) -> Sess
     SessionConfig {
         parameters: parameters(100, 100, 3),
         authentication: Some(Authenticator::new(mode, initial_sequence_number)),
+        passive: false,
     }
 }
 

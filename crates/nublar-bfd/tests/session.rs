@@ -323,6 +323,7 @@ fn authentication_must_be_present_exactly_when_configured() {
                 },
                 0,
             )),
+            passive: false,
         },
         discriminator(LOCAL),
         NoJitter,
@@ -360,6 +361,7 @@ fn the_receive_sequence_number_is_forgotten_after_two_detection_times() {
         SessionConfig {
             parameters: parameters(100, 100, 3),
             authentication: Some(Authenticator::new(mode.clone(), 0)),
+            passive: false,
         },
         discriminator(LOCAL),
         NoJitter,
@@ -510,4 +512,49 @@ fn on_timer_before_a_deadline_does_nothing() {
         session.on_timer(next - Duration::from_micros(1)),
         Default::default()
     );
+}
+
+/// RFC 5880 section 6.8.7: a Passive session does not transmit while bfd.RemoteDiscr is zero,
+/// that is before the peer has been heard and again after a detection time of silence.
+#[test]
+fn a_passive_session_speaks_only_while_it_hears_the_peer() {
+    let mut session = Session::new(
+        SessionConfig {
+            passive: true,
+            ..config(parameters(100, 100, 3))
+        },
+        discriminator(LOCAL),
+        NoJitter,
+    )
+    .unwrap();
+    assert_eq!(session.next_deadline(), None);
+    assert_eq!(session.on_timer(ms(5_000)).transmit, None);
+
+    let actions = deliver(&mut session, ms(6_000), &peer_packet(State::Down, 0));
+    assert_eq!(
+        actions.state_change.map(|change| change.to),
+        Some(State::Init)
+    );
+    let answer = session
+        .on_timer(session.next_deadline().expect("scheduled once heard"))
+        .transmit
+        .expect("the passive session answers");
+    assert_eq!(answer.state, State::Init);
+    assert_eq!(answer.your_discriminator, PEER);
+
+    // The peer goes silent: after the detection time it is forgotten and we fall silent too.
+    let detection_deadline = ms(6_000) + session.detection_time().unwrap();
+    let mut now = ms(6_000);
+    while let Some(deadline) = session.next_deadline() {
+        assert!(
+            deadline <= detection_deadline + ms(1),
+            "still scheduled at {deadline:?}"
+        );
+        now = deadline;
+        let _ = session.on_timer(now);
+    }
+    assert!(now >= detection_deadline);
+    assert_eq!(session.state(), State::Down);
+    assert_eq!(session.remote_discriminator(), 0);
+    assert_eq!(session.on_timer(now + ms(10_000)).transmit, None);
 }

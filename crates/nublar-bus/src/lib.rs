@@ -305,7 +305,7 @@ fn from_append_error(error: AppendError) -> BusError {
         AppendError::QuotaExceeded { .. } | AppendError::DiskFull(_) => {
             BusError::Full(error.to_string())
         }
-        AppendError::PartitionStopped { .. } | AppendError::ReadOnly => {
+        AppendError::PartitionStopped { .. } | AppendError::ReadOnly | AppendError::Closed => {
             BusError::Stopped(error.to_string())
         }
         AppendError::Io(_) => BusError::Unavailable(error.to_string()),

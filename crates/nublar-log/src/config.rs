@@ -148,6 +148,12 @@ impl TopicConfig {
         if self.record_bytes_max == 0 || self.record_bytes_max > self.batch_bytes_max {
             return Err("record_bytes_max must be 1..=batch_bytes_max".into());
         }
+        if self.retention_ms.is_some_and(|retention| retention <= 0) {
+            return Err("retention_ms must be positive (leave it out to keep data forever)".into());
+        }
+        if self.retention_bytes == Some(0) {
+            return Err("retention_bytes must be positive (leave it out for no size limit)".into());
+        }
         if self.dedup_window_ms < 0 {
             return Err("dedup_window_ms must not be negative".into());
         }
@@ -228,6 +234,8 @@ pub enum AppendError {
     },
     #[error("the log is open read-only")]
     ReadOnly,
+    #[error("the log was closed")]
+    Closed,
     #[error("I/O error, nothing appended: {0}")]
     Io(String),
 }

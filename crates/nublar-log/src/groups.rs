@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::config::LogError;
-use crate::storage::Storage;
+use crate::storage::{OpenMode, Storage};
 
 const MAGIC: &[u8; 4] = b"NBGR";
 const VERSION: u16 = 1;
@@ -96,20 +96,26 @@ impl Groups {
         let mut groups = self.groups.lock().unwrap();
         let mut state = groups.get(group).cloned().unwrap_or_default();
         change(&mut state);
-        self.write(group, &state)?;
-        groups.insert(group.to_owned(), state);
-        Ok(())
+        let written = self.write(group, &state);
+        // Once the rename happened the file holds the new state, even if the
+        // directory sync then failed: memory follows the file, and the caller
+        // still hears of the failure.
+        if matches!(written, Ok(()) | Err((true, _))) {
+            groups.insert(group.to_owned(), state);
+        }
+        written.map_err(|(_, error)| error)
     }
 
     pub fn delete(&self, group: &str) -> Result<bool, LogError> {
         let mut groups = self.groups.lock().unwrap();
-        if groups.remove(group).is_none() {
+        if !groups.contains_key(group) {
             return Ok(false);
         }
         let path = self.dir.join(format!("{group}{SUFFIX}"));
         self.storage
             .remove_file(&path)
             .map_err(|error| LogError::io(&path, error))?;
+        groups.remove(group);
         self.storage
             .sync_dir(&self.dir)
             .map_err(|error| LogError::io(&self.dir, error))?;
@@ -131,6 +137,17 @@ impl Groups {
                     .unwrap_or(0)
             })
             .min()
+    }
+
+    /// The highest offset any group committed for `topic`/`partition`:
+    /// everything below it was once visible, so acknowledged.
+    pub fn max_committed(&self, topic: &str, partition: u32) -> Option<i64> {
+        let groups = self.groups.lock().unwrap();
+        let key = (topic.to_owned(), partition);
+        groups
+            .values()
+            .filter_map(|state| state.offsets.get(&key).copied())
+            .max()
     }
 
     /// Groups requiring `topic` whose committed offset is below `offset`.
@@ -155,12 +172,17 @@ impl Groups {
             .collect()
     }
 
-    fn write(&self, group: &str, state: &GroupState) -> Result<(), LogError> {
+    /// Replaces the group's file; on failure, says whether the rename had
+    /// already happened (the file then holds the new state).
+    fn write(&self, group: &str, state: &GroupState) -> Result<(), (bool, LogError)> {
         let path = self.dir.join(format!("{group}{SUFFIX}"));
         let temporary = self.dir.join(format!("{group}.tmp"));
         let bytes = encode(state);
         let io = |error| LogError::io(&path, error);
-        let file = self.storage.open(&temporary, true).map_err(io)?;
+        let file = self
+            .storage
+            .open(&temporary, OpenMode::Create)
+            .map_err(|error| (false, io(error)))?;
         let written = file
             .set_len(0)
             .and_then(|()| file.write_all_at(&bytes, 0))
@@ -168,9 +190,11 @@ impl Groups {
             .and_then(|()| self.storage.rename(&temporary, &path));
         if let Err(error) = written {
             let _ = self.storage.remove_file(&temporary);
-            return Err(io(error));
+            return Err((false, io(error)));
         }
-        self.storage.sync_dir(&self.dir).map_err(io)
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|error| (true, io(error)))
     }
 }
 

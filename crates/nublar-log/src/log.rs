@@ -16,12 +16,13 @@ use crate::config::{
 use crate::groups::{GroupState, Groups};
 use crate::limits::{GROUP_NAME_BYTES_MAX, RETENTION_CHECK_MS, TOPIC_NAME_BYTES_MAX};
 use crate::partition::{AppendOutcome, Partition, PartitionContext, ReadBatches, RetentionOutcome};
-use crate::storage::{FsStorage, Storage};
+use crate::storage::{FsStorage, OpenMode, Storage};
 
 const LOCK_FILE: &str = "LOCK";
 const TOPICS_DIR: &str = "topics";
 const GROUPS_DIR: &str = "groups";
 const TOPIC_META: &str = "topic.json";
+const TOPIC_META_TEMPORARY: &str = "topic.json.tmp";
 
 pub struct OpenOptions {
     pub storage: Arc<dyn Storage>,
@@ -81,6 +82,8 @@ struct Inner {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     groups: Groups,
     dropped_required_records_total: AtomicU64,
+    /// Set by `close`: other clones of the log append no more.
+    closed: std::sync::atomic::AtomicBool,
     background: Arc<BackgroundSignal>,
     _lock: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -152,7 +155,7 @@ impl Log {
         }
         let lock_path = dir.join(LOCK_FILE);
         let lock = storage
-            .lock(&lock_path)
+            .lock(&lock_path, options.read_only)
             .map_err(|error| match error.kind() {
                 std::io::ErrorKind::WouldBlock => LogError::Locked(format!(
                     "{error}: another nublar process owns {}; stop it or ask it instead",
@@ -171,6 +174,7 @@ impl Log {
             topics: RwLock::new(BTreeMap::new()),
             groups,
             dropped_required_records_total: AtomicU64::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
             background: Arc::default(),
             _lock: lock,
         });
@@ -182,6 +186,10 @@ impl Log {
         };
         for name in names {
             let meta_path = topics_dir.join(&name).join(TOPIC_META);
+            let leftover = topics_dir.join(&name).join(TOPIC_META_TEMPORARY);
+            if !options.read_only && storage.exists(&leftover) {
+                let _ = storage.remove_file(&leftover);
+            }
             if !storage.exists(&meta_path) {
                 // A topic whose creation did not finish: its metadata is
                 // written last, so nothing was ever appended to it.
@@ -192,6 +200,12 @@ impl Log {
                 serde_json::from_slice(&bytes).map_err(|error| LogError::CorruptMetadata {
                     path: meta_path.display().to_string(),
                     detail: error.to_string(),
+                })?;
+            config
+                .validate()
+                .map_err(|detail| LogError::CorruptMetadata {
+                    path: meta_path.display().to_string(),
+                    detail,
                 })?;
             let topic = inner.open_topic(&name, config)?;
             inner.topics.write().unwrap().insert(name, topic);
@@ -242,8 +256,9 @@ impl Log {
         // The metadata goes last and atomically: a topic directory without it
         // is an interrupted creation and is ignored.
         let bytes = serde_json::to_vec_pretty(&config).expect("topic config serializes");
-        let temporary = topic_dir.join("topic.json.tmp");
-        let file = storage.open(&temporary, true).map_err(io)?;
+        let temporary = topic_dir.join(TOPIC_META_TEMPORARY);
+        let file = storage.open(&temporary, OpenMode::Create).map_err(io)?;
+        file.set_len(0).map_err(io)?;
         file.write_all_at(&bytes, 0)
             .and_then(|()| file.sync_data())
             .map_err(io)?;
@@ -451,6 +466,10 @@ impl Log {
             return Err(LogError::ReadOnly);
         }
         validate_name(group, GROUP_NAME_BYTES_MAX)?;
+        validate_name(topic, TOPIC_NAME_BYTES_MAX)?;
+        if required && !self.inner.topics.read().unwrap().contains_key(topic) {
+            return Err(LogError::UnknownTopic(topic.to_owned()));
+        }
         self.inner.groups.update(group, |state| {
             if required {
                 state.required_topics.insert(topic.to_owned());
@@ -489,6 +508,7 @@ impl Log {
     /// Stops the background thread, syncs every partition and marks each
     /// clean so the next open needs no recovery scan.
     pub fn close(self) -> Result<(), AppendError> {
+        self.inner.closed.store(true, Ordering::Release);
         self.stop_background();
         let topics = self.inner.topics.read().unwrap();
         let mut result = Ok(());
@@ -548,13 +568,10 @@ impl Inner {
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for id in 0..config.partitions {
             let dir = self.dir.join(TOPICS_DIR).join(name).join(id.to_string());
-            partitions.push(Arc::new(Partition::open(
-                &context,
-                topic_name.clone(),
-                id,
-                dir,
-                config.clone(),
-            )?));
+            let floor = self.groups.max_committed(name, id);
+            let partition =
+                Partition::open(&context, topic_name.clone(), id, dir, config.clone(), floor)?;
+            partitions.push(Arc::new(partition));
         }
         if !self.read_only {
             self.storage

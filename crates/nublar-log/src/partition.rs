@@ -20,7 +20,7 @@ use crate::limits::{GROUP_COMMIT_WAIT_US_MAX, READ_BYTES_MAX, SEGMENT_OFFSETS_MA
 use crate::segment::{
     self, ChunkReader, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX, segment_path,
 };
-use crate::storage::{Storage, is_disk_full};
+use crate::storage::{OpenMode, Storage, is_disk_full};
 
 /// With `zero_fill`, the active segment is filled with zeros (and synced)
 /// ahead of its end, in steps of this size. Batches then overwrite blocks
@@ -148,6 +148,9 @@ pub(crate) struct Partition {
     sync: Mutex<SyncState>,
     sync_done: Condvar,
     group_ready: Condvar,
+    /// Held around every `fdatasync` of the partition's segments; see
+    /// [`Partition::sync_segment`].
+    sync_io: Mutex<()>,
     visible: Mutex<Visible>,
     new_data: Event,
     stopped: OnceLock<String>,
@@ -183,6 +186,7 @@ impl Partition {
         id: u32,
         dir: PathBuf,
         config: Arc<TopicConfig>,
+        committed_floor: Option<i64>,
     ) -> Result<Partition, crate::LogError> {
         let storage = context.storage.clone();
         let io = |error| crate::LogError::io(&dir, error);
@@ -196,6 +200,11 @@ impl Partition {
             .collect();
         bases.sort_unstable();
         let clean = names.iter().any(|name| name == CLEAN_MARKER);
+        let mode = if context.read_only {
+            OpenMode::Read
+        } else {
+            OpenMode::Write
+        };
         let now = context.clock.now_ms();
         let mut stopped = None;
         let mut truncated_bytes = 0;
@@ -214,25 +223,36 @@ impl Partition {
         }
         let mut segments = BTreeMap::new();
         for window in bases.windows(2) {
-            let sealed =
-                Segment::open_sealed(storage.as_ref(), &dir, window[0], window[1]).map_err(io)?;
+            let sealed = Segment::open_sealed(storage.as_ref(), &dir, window[0], window[1], mode)
+                .map_err(io)?;
             segments.insert(window[0], Arc::new(sealed));
         }
         let active_base = *bases.last().expect("at least one segment");
-        let active =
-            Segment::open_sealed(storage.as_ref(), &dir, active_base, active_base).map_err(io)?;
+        let active = Segment::open_sealed(storage.as_ref(), &dir, active_base, active_base, mode)
+            .map_err(io)?;
         let file_len = active.len();
 
         let restored_clean = clean && active.restore_active_clean(storage.as_ref()).is_ok();
         let mut scanned_keys = None;
+        let mut recovery_sync_failed = false;
         if !restored_clean {
             let outcome =
                 segment::scan(active.file.as_ref(), active_base, file_len, true).map_err(io)?;
+            let mut resume_at = None;
             if let Some(stop) = &outcome.stopped {
-                if stop.valid_data_follows {
+                // A group cannot have committed past data that was never
+                // acknowledged: that, or a valid batch after the damaged one,
+                // proves the damage sits inside acknowledged data.
+                let consumed_past = committed_floor.is_some_and(|floor| floor > stop.offset);
+                if stop.resume_at.is_some() || consumed_past {
+                    let evidence = if stop.resume_at.is_some() {
+                        "valid batches follow it"
+                    } else {
+                        "a consumer group has committed past it"
+                    };
                     let reason = format!(
-                        "corrupt batch at offset {} (segment {}, byte {}): {}; valid batches follow it, \
-                         so this is not a torn tail and nothing was truncated",
+                        "corrupt batch at offset {} (segment {}, byte {}): {}; {evidence}, so this \
+                         is not a torn tail and nothing was truncated",
                         stop.offset,
                         active.path.display(),
                         stop.position,
@@ -240,6 +260,7 @@ impl Partition {
                     );
                     tracing::error!(topic = %topic, partition = id, "{reason}");
                     stopped = Some(reason);
+                    resume_at = stop.resume_at;
                 } else if !context.read_only {
                     let dropped = file_len - outcome.valid_len;
                     if segment::is_zero_filled(active.file.as_ref(), outcome.valid_len, file_len)
@@ -264,18 +285,15 @@ impl Partition {
             if !context.read_only {
                 // The scan may have read bytes that only the page cache holds
                 // (a write whose fsync failed before the restart): they become
-                // durable before anyone sees them, or the partition stops.
+                // durable before anyone sees them, or nothing of the active
+                // segment is served and the partition stops.
                 if let Err(error) = active.file.sync_data() {
                     stopped.get_or_insert(format!("fdatasync failed during recovery: {error}"));
+                    recovery_sync_failed = true;
                 }
             }
             active.restore_active(&outcome);
-            if let Some(stop) = outcome
-                .stopped
-                .as_ref()
-                .filter(|stop| stop.valid_data_follows)
-                && let Some(resume_at) = stop.resume_at
-            {
+            if let Some(resume_at) = resume_at {
                 // Corruption in the middle: the batches after the bad one stay
                 // readable, and a reader reaching the bad one gets an error
                 // naming its offset instead of waiting forever at a false end.
@@ -291,6 +309,9 @@ impl Partition {
                 active
                     .next_offset
                     .store(rest.next_offset, Ordering::Release);
+                // Reads past the damage start from an index entry after it:
+                // a batch with broken framing cannot be stepped over.
+                active.extend_live_index(&rest.index);
             }
             scanned_keys = Some(outcome.keys);
         }
@@ -336,12 +357,29 @@ impl Partition {
         }
         let used: u64 = segments.values().map(|segment| segment.len()).sum();
         context.used_bytes.fetch_add(used, Ordering::SeqCst);
-        let visible = Visible {
-            end_offset: active.next_offset(),
-            segment_base: active_base,
-            position: active.len(),
+        let visible = if recovery_sync_failed {
+            Visible {
+                end_offset: active_base,
+                segment_base: active_base,
+                position: 0,
+            }
+        } else {
+            Visible {
+                end_offset: active.next_offset(),
+                segment_base: active_base,
+                position: active.len(),
+            }
         };
-        let last_append_ms = active.max_timestamp.load(Ordering::Acquire).max(0);
+        // Append times never go back, also across a restart right after a
+        // roll: the newest time is in the active segment or the one before.
+        let last_append_ms = segments
+            .values()
+            .rev()
+            .take(2)
+            .map(|segment| segment.max_timestamp(storage.as_ref()))
+            .max()
+            .unwrap_or(i64::MIN)
+            .max(0);
         let partition = Partition {
             topic,
             id,
@@ -370,6 +408,7 @@ impl Partition {
             }),
             sync_done: Condvar::new(),
             group_ready: Condvar::new(),
+            sync_io: Mutex::new(()),
             visible: Mutex::new(visible),
             new_data: Event::new(),
             stopped: OnceLock::new(),
@@ -626,33 +665,45 @@ impl Partition {
                 (active, writer.written_total, visible)
             };
             let started = Instant::now();
-            let synced = active.file.sync_data();
+            let synced = self.sync_segment(&active, "for appends");
             let took = started.elapsed();
             self.counters.syncs_total.fetch_add(1, Ordering::Relaxed);
 
             state = self.sync.lock().unwrap();
             state.syncing = false;
             state.last_sync = took;
-            match synced {
-                Ok(()) => {
-                    state.durable_total = state.durable_total.max(covered);
-                    let before = state.waiting.len();
-                    let durable = state.durable_total;
-                    state.waiting.retain(|&waiting| waiting > durable);
-                    let group = before - state.waiting.len();
-                    state.expected_group = group.max(state.last_group);
-                    state.last_group = group;
-                    self.publish(visible);
-                }
-                Err(error) => {
-                    // The page cache may have dropped the data that failed to
-                    // sync, so a retry that succeeds would prove nothing.
-                    drop(state);
-                    self.stop(format!("fdatasync failed: {error}"));
-                    state = self.sync.lock().unwrap();
-                }
+            // On failure the partition stopped inside `sync_segment`; the
+            // loop then answers every waiter not covered by an earlier sync.
+            if synced.is_ok() {
+                state.durable_total = state.durable_total.max(covered);
+                let before = state.waiting.len();
+                let durable = state.durable_total;
+                state.waiting.retain(|&waiting| waiting > durable);
+                let group = before - state.waiting.len();
+                state.expected_group = group.max(state.last_group);
+                state.last_group = group;
+                self.publish(visible);
             }
             self.sync_done.notify_all();
+        }
+    }
+
+    /// Every `fdatasync` of a segment goes through here, one at a time.
+    /// Linux reports a writeback error to one caller only and may drop the
+    /// pages that failed, so after one failure a later success on the same
+    /// file proves nothing: the failure stops the partition inside the same
+    /// critical section, and every later sync sees that before it starts.
+    fn sync_segment(&self, segment: &Segment, during: &str) -> Result<(), AppendError> {
+        let _one_at_a_time = self.sync_io.lock().unwrap();
+        if self.stopped.get().is_some() {
+            return Err(self.stopped_error());
+        }
+        match segment.file.sync_data() {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.stop(format!("fdatasync failed {during}: {error}"));
+                Err(self.stopped_error())
+            }
         }
     }
 
@@ -708,13 +759,8 @@ impl Partition {
             }
             return Err(io_append_error(&error));
         }
-        if let Err(error) = segment.file.sync_data() {
-            // The sync covered appended batches too: the same rule as any
-            // failed fdatasync applies.
-            self.stop(format!("fdatasync failed after zero-filling: {error}"));
-            return Err(self.stopped_error());
-        }
-        Ok(())
+        // The sync covers appended batches too: the same rule as any sync.
+        self.sync_segment(segment, "after zero-filling")
     }
 
     /// Whether the background thread should fill ahead (asked once per
@@ -732,7 +778,8 @@ impl Partition {
         let Some(active) = self.segments.read().unwrap().values().next_back().cloned() else {
             return;
         };
-        let desired = active.len() + ZERO_FILL_AHEAD_BYTES;
+        let segment_end = self.config.segment_bytes + self.config.batch_bytes_max as u64;
+        let desired = (active.len() + ZERO_FILL_AHEAD_BYTES).min(segment_end);
         loop {
             let (filled, sealed) = {
                 let zero = active.zero.lock().unwrap();
@@ -772,15 +819,16 @@ impl Partition {
     /// starts a new one whose directory entry is durable before any batch goes in.
     fn roll(&self, writer: &mut Writer, now: i64) -> Result<(), AppendError> {
         let old = writer.active.clone();
-        if let Err(error) = old.file.sync_data() {
-            self.stop(format!("fdatasync failed while sealing a segment: {error}"));
-            return Err(self.stopped_error());
-        }
+        self.sync_segment(&old, "while sealing a segment")?;
         if let Err(error) = old.write_index_files(self.storage.as_ref()) {
             // Indexes are rebuilt from the segment when missing or torn.
             tracing::warn!(segment = %old.path.display(), "could not write the segment's index: {error}");
         }
-        let _ = old.trim();
+        // The trim is synced too, so that a sealed segment never keeps a
+        // zero-filled end after a crash.
+        if old.trim().is_ok() {
+            self.sync_segment(&old, "after trimming a sealed segment")?;
+        }
         let next_base = old.next_offset();
         self.write_key_snapshot(&writer.keys, next_base);
 
@@ -821,7 +869,7 @@ impl Partition {
         let temporary = path.with_extension("tmp");
         let bytes = keys.encode_snapshot(covered_to);
         let written = (|| {
-            let file = self.storage.open(&temporary, true)?;
+            let file = self.storage.open(&temporary, OpenMode::Create)?;
             file.set_len(0)?;
             file.write_all_at(&bytes, 0)?;
             file.sync_data()?;
@@ -860,19 +908,17 @@ impl Partition {
             return Err(self.stopped_error());
         }
         let active = writer.active.clone();
-        if let Err(error) = active.file.sync_data() {
-            drop(writer);
-            self.stop(format!("fdatasync failed at close: {error}"));
-            return Err(self.stopped_error());
+        self.sync_segment(&active, "at close")?;
+        if active.trim().is_ok() {
+            self.sync_segment(&active, "after trimming at close")?;
         }
-        let _ = active.trim();
         let indexed = active.write_index_files(self.storage.as_ref());
         self.write_key_snapshot(&writer.keys, active.next_offset());
         if indexed.is_ok() {
             let marker = self.dir.join(CLEAN_MARKER);
             let written = self
                 .storage
-                .open(&marker, true)
+                .open(&marker, OpenMode::Create)
                 .and_then(|file| file.sync_data())
                 .and_then(|()| self.storage.sync_dir(&self.dir));
             if let Err(error) = written {
@@ -893,7 +939,10 @@ impl Partition {
     /// Blocks until records at or after `offset` are visible, or `timeout`
     /// passes. Returns whether they are.
     pub fn wait_for(&self, offset: i64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            // A timeout too long to represent: wait as long as it takes.
+            return self.wait_for(offset, Duration::from_secs(365 * 24 * 3600));
+        };
         loop {
             if self.end_offset() > offset {
                 return true;
@@ -943,8 +992,8 @@ impl Partition {
             segment.len()
         };
         let relative = (offset - segment.base_offset) as u32;
-        let from = segment.index_snapshot(self.storage.as_ref(), |index| {
-            index.position_for_offset(relative)
+        let (entry_offset, from) = segment.index_snapshot(self.storage.as_ref(), |index| {
+            index.entry_for_offset(relative)
         });
         let corruption = |offset: i64, detail: String| ReadError::Corruption {
             topic: self.topic.to_string(),
@@ -954,6 +1003,8 @@ impl Partition {
         };
         let mut reader = ChunkReader::new(segment.file.as_ref(), u64::from(from), limit);
         let mut out = Vec::new();
+        // The first batch must begin where the index entry says.
+        let mut next_expected = segment.base_offset + i64::from(entry_offset);
         while reader.position() < limit {
             let position = reader.position();
             let bytes = match reader
@@ -968,22 +1019,38 @@ impl Partition {
             };
             let view = BatchView::parse(bytes).expect("parsed by next_batch");
             let size = view.len_bytes();
-            if view.last_offset() < offset {
+            // Batches stepped over on the way must be continuous too, or a
+            // damaged base offset could make a later batch look like the one
+            // asked for.
+            let continuous = view.base_offset() == next_expected;
+            if out.is_empty() && continuous && view.last_offset() < offset {
+                next_expected = view.next_offset();
                 reader.advance(size);
                 continue;
             }
-            if let Err(error) = view.verify_crc() {
+            // The base offset lies outside the CRC, so continuity is checked
+            // too: the first batch served holds the requested offset, and
+            // each next one starts where the previous ended.
+            let checked = view
+                .verify_crc()
+                .map_err(|error| error.to_string())
+                .and_then(|()| {
+                    if continuous {
+                        Ok(())
+                    } else {
+                        Err("batch offset out of sequence".to_string())
+                    }
+                });
+            if let Err(detail) = checked {
                 if out.is_empty() {
-                    return Err(corruption(
-                        view.base_offset().max(offset),
-                        error.to_string(),
-                    ));
+                    return Err(corruption(offset, detail));
                 }
                 break;
             }
             if !out.is_empty() && out.len() + size > max_bytes {
                 break;
             }
+            next_expected = view.next_offset();
             out.extend_from_slice(bytes);
             reader.advance(size);
             if out.len() >= max_bytes {
@@ -1023,8 +1090,8 @@ impl Partition {
             let relative = segment.index_snapshot(self.storage.as_ref(), |index| {
                 index.offset_for_time(timestamp_ms)
             });
-            let from = segment.index_snapshot(self.storage.as_ref(), |index| {
-                index.position_for_offset(relative)
+            let (_, from) = segment.index_snapshot(self.storage.as_ref(), |index| {
+                index.entry_for_offset(relative)
             });
             let mut reader = ChunkReader::new(segment.file.as_ref(), u64::from(from), limit);
             while reader.position() < limit {

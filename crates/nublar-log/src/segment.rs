@@ -13,7 +13,7 @@ use crate::batch::{self, BatchError, BatchView, HEADER_BYTES};
 use crate::limits::{
     INDEX_INTERVAL_BYTES, OFFSET_INDEX_ENTRY_BYTES, READ_CHUNK_BYTES, TIME_INDEX_ENTRY_BYTES,
 };
-use crate::storage::{Storage, StorageFile};
+use crate::storage::{OpenMode, Storage, StorageFile};
 
 pub(crate) const LOG_SUFFIX: &str = ".log";
 pub(crate) const OFFSET_INDEX_SUFFIX: &str = ".index";
@@ -41,12 +41,17 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    /// The position to start scanning at for `relative_offset`.
-    pub fn position_for_offset(&self, relative_offset: u32) -> u32 {
+    /// Where to start scanning for `relative_offset`: the entry's relative
+    /// offset (the base of the batch found there) and its byte position.
+    pub fn entry_for_offset(&self, relative_offset: u32) -> (u32, u32) {
         let at = self
             .offsets
             .partition_point(|&(offset, _)| offset <= relative_offset);
-        if at == 0 { 0 } else { self.offsets[at - 1].1 }
+        if at == 0 {
+            (0, 0)
+        } else {
+            self.offsets[at - 1]
+        }
     }
 
     /// The relative offset to start scanning at for the first batch whose
@@ -128,10 +133,8 @@ pub(crate) struct ScanStop {
     pub position: u64,
     pub offset: i64,
     pub error: BatchError,
-    /// True when valid batches follow the bad one: corruption in the middle,
-    /// not a torn tail.
-    pub valid_data_follows: bool,
-    /// Where the batch after the bad one starts, when the bad one's framing held.
+    /// Where the first whole, valid batch after the bad one starts, if any:
+    /// then the damage is in the middle of the data, not a torn tail.
     pub resume_at: Option<u64>,
 }
 
@@ -178,7 +181,7 @@ impl Segment {
         created_ms: i64,
     ) -> std::io::Result<Segment> {
         let path = segment_path(dir, base_offset, LOG_SUFFIX);
-        let file = storage.open(&path, true)?;
+        let file = storage.open(&path, OpenMode::Create)?;
         Ok(Segment {
             base_offset,
             path,
@@ -203,9 +206,10 @@ impl Segment {
         dir: &Path,
         base_offset: i64,
         next_offset: i64,
+        mode: OpenMode,
     ) -> std::io::Result<Segment> {
         let path = segment_path(dir, base_offset, LOG_SUFFIX);
-        let file = storage.open(&path, false)?;
+        let file = storage.open(&path, mode)?;
         let len = file.len()?;
         Ok(Segment {
             base_offset,
@@ -357,7 +361,10 @@ impl Segment {
             (OFFSET_INDEX_SUFFIX, index.encode_offsets()),
             (TIME_INDEX_SUFFIX, index.encode_times()),
         ] {
-            let file = storage.open(&segment_path(dir, self.base_offset, suffix), true)?;
+            let file = storage.open(
+                &segment_path(dir, self.base_offset, suffix),
+                OpenMode::Create,
+            )?;
             file.set_len(0)?;
             file.write_all_at(&bytes, 0)?;
             file.sync_data()?;
@@ -404,6 +411,14 @@ impl Segment {
             index: outcome.index.clone(),
             bytes_since_entry,
         });
+    }
+
+    /// Appends index entries found by a scan that resumed past damage.
+    pub fn extend_live_index(&self, more: &Index) {
+        if let Some(live) = self.live_index.lock().unwrap().as_mut() {
+            live.index.offsets.extend_from_slice(&more.offsets);
+            live.index.times.extend_from_slice(&more.times);
+        }
     }
 
     /// Restores an active segment after a clean shutdown: its length, end and
@@ -474,7 +489,8 @@ pub(crate) fn scan_from(
     };
     let mut reader = ChunkReader::new(file, from, len);
     let mut bytes_since_entry = INDEX_INTERVAL_BYTES;
-    let mut expected_offset: Option<i64> = None;
+    // From the start of a segment the first batch must begin at its base.
+    let mut expected_offset: Option<i64> = (from == 0).then_some(base_offset);
     loop {
         let position = reader.position();
         if position >= len {
@@ -483,12 +499,13 @@ pub(crate) fn scan_from(
         let batch_bytes = match reader.next_batch()? {
             Ok(bytes) => bytes,
             Err(error) => {
+                let offset = expected_offset.unwrap_or(base_offset);
+                let resume_at = find_valid_batch_after(file, position, len, offset)?;
                 outcome.stopped = Some(ScanStop {
                     position,
-                    offset: expected_offset.unwrap_or(base_offset),
+                    offset,
                     error,
-                    valid_data_follows: false,
-                    resume_at: None,
+                    resume_at,
                 });
                 break;
             }
@@ -510,14 +527,11 @@ pub(crate) fn scan_from(
         let size = view.len_bytes() as u64;
         if let Err(error) = checked {
             let offset = expected_offset.unwrap_or(view.base_offset());
-            let next_offset = view.next_offset();
-            let valid_data_follows = valid_batch_at(file, position + size, len, next_offset)?;
-            let resume_at = Some(position + size);
+            let resume_at = find_valid_batch_after(file, position, len, offset)?;
             outcome.stopped = Some(ScanStop {
                 position,
                 offset,
                 error,
-                valid_data_follows,
                 resume_at,
             });
             break;
@@ -641,23 +655,47 @@ impl<'a> ChunkReader<'a> {
     }
 }
 
-/// Whether a whole batch with a valid CRC and the given base offset starts at
-/// `position`: how corruption in the middle is told from a torn tail.
-fn valid_batch_at(
+/// The position of the first whole batch with a valid CRC that starts after
+/// `from` and holds offsets above `after_offset`: the evidence that damage at
+/// `from` lies inside the data rather than at a torn tail. Searched byte by
+/// byte, since the damage may have broken the framing, and only when a scan
+/// stops; a zero-filled end is passed over quickly (its magic byte is 0).
+fn find_valid_batch_after(
     file: &dyn StorageFile,
-    position: u64,
+    from: u64,
     end: u64,
-    base_offset: i64,
-) -> std::io::Result<bool> {
-    if position >= end {
-        return Ok(false);
-    }
-    let mut probe = ChunkReader::new(file, position, end);
-    Ok(match probe.next_batch()? {
-        Ok(bytes) => {
-            let view = BatchView::parse(bytes).expect("parsed");
-            view.verify_crc().is_ok() && view.base_offset() == base_offset
+    after_offset: i64,
+) -> std::io::Result<Option<u64>> {
+    let mut buffer = vec![0u8; READ_CHUNK_BYTES + HEADER_BYTES];
+    let mut start = from + 1;
+    while start + HEADER_BYTES as u64 <= end {
+        let wanted = ((end - start) as usize).min(buffer.len());
+        let read = file.read_full_at(&mut buffer[..wanted], start)?;
+        if read < HEADER_BYTES {
+            break;
         }
-        Err(_) => false,
-    })
+        let candidates = read - HEADER_BYTES + 1;
+        for at in 0..candidates {
+            let header = &buffer[at..at + HEADER_BYTES];
+            if header[batch::MAGIC_AT] != batch::MAGIC {
+                continue;
+            }
+            let Ok(total) = batch::batch_len_from_prefix(header) else {
+                continue;
+            };
+            let base = i64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
+            let position = start + at as u64;
+            if base <= after_offset || position + total as u64 > end {
+                continue;
+            }
+            let mut whole = vec![0u8; total];
+            if file.read_full_at(&mut whole, position)? == total
+                && BatchView::parse(&whole).is_ok_and(|view| view.verify_crc().is_ok())
+            {
+                return Ok(Some(position));
+            }
+        }
+        start += candidates as u64;
+    }
+    Ok(None)
 }

@@ -17,16 +17,32 @@ pub trait Storage: Send + Sync + 'static {
     /// File and directory names directly inside `path`, in no particular order.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     fn exists(&self, path: &Path) -> bool;
-    /// Opens a file for reading and writing, creating it when `create` is set.
-    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>>;
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Takes the exclusive lock that says one process owns a directory. The
-    /// lock lasts as long as the returned guard.
-    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>>;
+    /// lock lasts as long as the returned guard. A read-only lock writes
+    /// nothing (not even the owner's pid).
+    fn lock(
+        &self,
+        path: &Path,
+        read_only: bool,
+    ) -> io::Result<Box<dyn std::any::Any + Send + Sync>>;
+}
+
+/// How a file is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Reading only: what a read-only log uses, so it works on a read-only
+    /// mount and cannot change a byte.
+    Read,
+    /// Reading and writing an existing file.
+    Write,
+    /// Reading and writing, creating the file if it does not exist.
+    Create,
 }
 
 // `len` returns a `Result`; an `is_empty` beside it would add nothing.
@@ -75,7 +91,7 @@ impl dyn StorageFile + '_ {
 impl dyn Storage + '_ {
     /// The whole content of a small file (metadata, indexes, snapshots).
     pub fn read_whole(&self, path: &Path) -> io::Result<Vec<u8>> {
-        let file = self.open(path, false)?;
+        let file = self.open(path, OpenMode::Read)?;
         let len = file.len()? as usize;
         let mut bytes = vec![0; len];
         let read = file.read_full_at(&mut bytes, 0)?;
@@ -115,11 +131,11 @@ impl Storage for FsStorage {
         path.exists()
     }
 
-    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
-            .create(create)
+            .write(mode != OpenMode::Read)
+            .create(mode == OpenMode::Create)
             .open(path)?;
         Ok(Arc::new(FsFile(file)))
     }
@@ -140,13 +156,24 @@ impl Storage for FsStorage {
         File::open(path)?.sync_all()
     }
 
-    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+    fn lock(
+        &self,
+        path: &Path,
+        read_only: bool,
+    ) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        let file = if read_only {
+            // The lock file of a log that was never opened for writing may
+            // not exist; locking the directory itself then serves the same
+            // purpose without creating anything.
+            File::open(path).or_else(|_| File::open(path.parent().unwrap_or(Path::new("."))))?
+        } else {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -162,8 +189,10 @@ impl Storage for FsStorage {
             }
             Err(fs::TryLockError::Error(error)) => return Err(error),
         }
-        file.set_len(0)?;
-        file.write_all_at(format!("pid {}\n", std::process::id()).as_bytes(), 0)?;
+        if !read_only {
+            file.set_len(0)?;
+            file.write_all_at(format!("pid {}\n", std::process::id()).as_bytes(), 0)?;
+        }
         Ok(Box::new(file))
     }
 }
@@ -409,7 +438,8 @@ pub mod sim {
             state.live.contains_key(path) || state.dirs.contains(path)
         }
 
-        fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+            let create = mode == OpenMode::Create;
             let mut state = self.state.lock().unwrap();
             if !Self::parent_exists(&state, path) {
                 return Err(not_found(path));
@@ -471,7 +501,11 @@ pub mod sim {
             Ok(())
         }
 
-        fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        fn lock(
+            &self,
+            path: &Path,
+            _read_only: bool,
+        ) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
             let mut state = self.state.lock().unwrap();
             if !state.locked.insert(path.to_path_buf()) {
                 return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked"));
@@ -521,6 +555,10 @@ pub mod sim {
 
         fn sync_data(&self) -> io::Result<()> {
             if self.faults.fail_next_sync.swap(false, Ordering::SeqCst) {
+                // As Linux may: the pages that failed to reach the disk are
+                // dropped, and the next sync would report nothing.
+                let mut inode = self.inode.lock().unwrap();
+                inode.data = inode.durable.clone();
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             let mut inode = self.inode.lock().unwrap();

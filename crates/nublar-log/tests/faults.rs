@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use common::{keyed_batch, options, read_all};
+use nublar_log::storage::Storage;
 use nublar_log::storage::sim::SimStorage;
 use nublar_log::{AppendError, Durability, Log, ManualClock, ReadError, TopicConfig};
 use proptest::prelude::*;
@@ -175,16 +176,22 @@ fn short_writes_still_append_whole_batches() {
     assert_eq!(read_all(&sim_log(&storage, &clock), "sync", 0, 0), expected);
 }
 
-#[test]
-fn corruption_in_the_middle_of_the_active_segment_is_reported_not_truncated() {
+/// A simulated log whose fsync topic holds `count` one-record batches.
+fn with_records(count: usize) -> (SimStorage, Arc<ManualClock>, Log) {
     let storage = SimStorage::new();
     let clock = Arc::new(ManualClock::new(0));
     let log = sim_log(&storage, &clock);
     topics(&log);
-    for index in 0..10 {
+    for index in 0..count {
         log.append("sync", 0, keyed_batch(None, &[&format!("record {index}")]))
             .unwrap();
     }
+    (storage, clock, log)
+}
+
+#[test]
+fn corruption_in_the_middle_of_the_active_segment_is_reported_not_truncated() {
+    let (storage, clock, log) = with_records(10);
     let data_len = log.partition_info("sync", 0).unwrap().size_bytes as usize;
     drop(log);
     let segment = Path::new(DIR).join("topics/sync/0/00000000000000000000.log");
@@ -215,6 +222,64 @@ fn corruption_in_the_middle_of_the_active_segment_is_reported_not_truncated() {
     assert!(
         matches!(log.read("sync", 0, readable, 100), Err(ReadError::Corruption { offset, .. }) if offset == readable)
     );
+}
+
+/// Damage that breaks a batch's framing (its magic byte) in the middle of
+/// the active segment is still told from a torn tail: a valid batch follows.
+#[test]
+fn damaged_framing_in_the_middle_stops_the_partition_instead_of_truncating() {
+    let (storage, clock, log) = with_records(10);
+    let data_len = log.partition_info("sync", 0).unwrap().size_bytes as usize;
+    drop(log);
+    let segment = Path::new(DIR).join("topics/sync/0/00000000000000000000.log");
+    let mut bytes = storage.read_file(&segment).unwrap();
+    let length_before = bytes.len();
+    bytes[data_len / 10 * 3 + nublar_log::batch::MAGIC_AT] = 7;
+    storage.overwrite_file(&segment, bytes);
+    let log = sim_log(&storage, &clock);
+    assert_eq!(log.stopped_partitions().len(), 1);
+    assert_eq!(
+        storage.read_file(&segment).unwrap().len(),
+        length_before,
+        "nothing truncated"
+    );
+    assert_eq!(
+        log.end_offset("sync", 0).unwrap(),
+        10,
+        "the batches after it stay readable"
+    );
+    assert!(matches!(
+        log.read("sync", 0, 3, 100),
+        Err(ReadError::Corruption { offset: 3, .. })
+    ));
+    assert_eq!(read_all(&log, "sync", 0, 4).len(), 6);
+}
+
+/// Damage in the last batch is a torn tail, unless a consumer group has
+/// already committed past it: then it was acknowledged, and is not truncated.
+#[test]
+fn damage_below_a_committed_offset_is_never_truncated() {
+    let (storage, clock, log) = with_records(5);
+    log.commit("reader", &[("sync", 0, 5)]).unwrap();
+    let data_len = log.partition_info("sync", 0).unwrap().size_bytes as usize;
+    log.close().unwrap();
+    let segment = Path::new(DIR).join("topics/sync/0/00000000000000000000.log");
+    let mut bytes = storage.read_file(&segment).unwrap();
+    bytes[data_len - 3] ^= 0x40;
+    storage.overwrite_file(&segment, bytes);
+    // Without the clean marker's short cut: the full recovery scan runs.
+    storage
+        .remove_file(&Path::new(DIR).join("topics/sync/0/clean-shutdown"))
+        .unwrap();
+    let log = sim_log(&storage, &clock);
+    let stopped = log.stopped_partitions();
+    assert_eq!(stopped.len(), 1);
+    assert!(
+        stopped[0].2.contains("committed past it"),
+        "{}",
+        stopped[0].2
+    );
+    assert_eq!(storage.read_file(&segment).unwrap().len(), data_len);
 }
 
 #[derive(Clone, Debug)]

@@ -60,6 +60,47 @@ fn records_read_back_at_every_offset_across_segment_rolls() {
 }
 
 #[test]
+fn segments_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    let options = || OpenOptions {
+        clock: clock.clone(),
+        background: false,
+        ..OpenOptions::default()
+    };
+    let log = Log::open_with(dir.path(), options()).unwrap();
+    log.create_topic(
+        "t",
+        TopicConfig {
+            segment_ms: 60_000,
+            ..TopicConfig::default()
+        },
+    )
+    .unwrap();
+    log.append("t", 0, batch(&["a"])).unwrap();
+    clock.advance(59_000);
+    log.append("t", 0, batch(&["b"])).unwrap();
+    assert_eq!(log.partition_info("t", 0).unwrap().segments, 1);
+    clock.advance(1_000);
+    log.append("t", 0, batch(&["c"])).unwrap();
+    assert_eq!(
+        log.partition_info("t", 0).unwrap().segments,
+        2,
+        "the first segment turned 60 s old"
+    );
+    // A restart keeps the age of the active segment (its first batch's time).
+    drop(log);
+    let log = Log::open_with(dir.path(), options()).unwrap();
+    clock.advance(59_000);
+    log.append("t", 0, batch(&["d"])).unwrap();
+    assert_eq!(log.partition_info("t", 0).unwrap().segments, 2);
+    clock.advance(1_000);
+    log.append("t", 0, batch(&["e"])).unwrap();
+    assert_eq!(log.partition_info("t", 0).unwrap().segments, 3);
+    assert_eq!(read_all(&log, "t", 0, 0).len(), 5);
+}
+
+#[test]
 fn reads_by_time_seek_to_the_first_batch_at_or_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000));
@@ -471,19 +512,10 @@ fn truncating_a_segment_at_any_byte_keeps_exactly_the_whole_batches_before_it() 
 
 #[test]
 fn a_flipped_bit_is_reported_with_topic_partition_and_offset_and_never_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path());
-    log.create_topic("t", small_segments()).unwrap();
-    for index in 0..200 {
-        log.append("t", 0, batch(&[&format!("{index}{}", "p".repeat(1000))]))
-            .unwrap();
-    }
-    log.close().unwrap();
+    let (dir, segment, mut bytes) = closed_log_of_200_batches();
     // Damage a record in the middle of the first (sealed) segment.
-    let segment = dir.path().join("topics/t/0/00000000000000000000.log");
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let batch_len = bytes.len() / log_batches_in(&bytes);
-    bytes[batch_len * 10 + 100] ^= 0x10;
+    let starts = batch_starts(&bytes);
+    bytes[starts[10] + 100] ^= 0x10;
     std::fs::write(&segment, &bytes).unwrap();
     let log = open(dir.path());
     match log.read("t", 0, 10, 1) {
@@ -503,14 +535,65 @@ fn a_flipped_bit_is_reported_with_topic_partition_and_offset_and_never_served() 
     assert_eq!(read_all(&log, "t", 0, 11).len(), 189);
 }
 
-fn log_batches_in(bytes: &[u8]) -> usize {
-    let mut count = 0;
-    let mut rest = bytes;
-    while let Ok(view) = nublar_log::BatchView::parse(rest) {
-        count += 1;
-        rest = &rest[view.len_bytes()..];
+/// The base offset lies outside the CRC; a damaged one must not make a
+/// reader skip records or see wrong offsets.
+#[test]
+fn a_damaged_base_offset_is_reported_not_served() {
+    let (dir, segment, mut bytes) = closed_log_of_200_batches();
+    let starts = batch_starts(&bytes);
+    // Batch 20's base offset becomes 21 (raised) and batch 30's becomes 29 (lowered).
+    bytes[starts[20] + 7] = 21;
+    bytes[starts[30] + 7] = 29;
+    std::fs::write(&segment, &bytes).unwrap();
+    let log = open(dir.path());
+    assert!(matches!(
+        log.read("t", 0, 20, 1),
+        Err(ReadError::Corruption { offset: 20, .. })
+    ));
+    assert!(matches!(
+        log.read("t", 0, 30, 1),
+        Err(ReadError::Corruption { offset: 30, .. })
+    ));
+    let before = log.read("t", 0, 10, 1 << 20).unwrap();
+    assert_eq!(
+        before.next_offset(),
+        Some(20),
+        "a read stops short of the damage"
+    );
+    // A read that has to step over the damaged batch cannot pass it either.
+    assert!(matches!(
+        log.read("t", 0, 21, 1),
+        Err(ReadError::Corruption { offset: 21, .. })
+    ));
+    // From an index entry past the damage, reading resumes.
+    let between = log.read("t", 0, 25, 1 << 20).unwrap();
+    assert_eq!(between.next_offset(), Some(30));
+}
+
+/// A cleanly closed log of 200 one-record batches over several segments,
+/// with the path and bytes of its first (sealed) segment.
+fn closed_log_of_200_batches() -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.create_topic("t", small_segments()).unwrap();
+    for index in 0..200 {
+        log.append("t", 0, batch(&[&format!("{index}{}", "p".repeat(1000))]))
+            .unwrap();
     }
-    count
+    log.close().unwrap();
+    let segment = dir.path().join("topics/t/0/00000000000000000000.log");
+    let bytes = std::fs::read(&segment).unwrap();
+    (dir, segment, bytes)
+}
+
+fn batch_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while let Ok(view) = nublar_log::BatchView::parse(&bytes[at..]) {
+        starts.push(at);
+        at += view.len_bytes();
+    }
+    starts
 }
 
 #[test]

@@ -22,6 +22,18 @@ pub enum BenchCommand {
     Log(LogBenchArgs),
     /// Time to open a cleanly closed log of a given size.
     LogOpen(LogOpenArgs),
+    /// Line protocol parsing with full validation on one core.
+    Parse(ParseArgs),
+}
+
+#[derive(Args)]
+pub struct ParseArgs {
+    /// Lines to parse (a body of at most 100,000 lines is parsed repeatedly).
+    #[arg(long, default_value_t = 20_000_000)]
+    lines: usize,
+    /// Stop after this many seconds even if fewer lines were parsed.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
 }
 
 #[derive(Args)]
@@ -69,6 +81,19 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Log(args) => log_bench(args),
         BenchCommand::LogOpen(args) => log_open_bench(args),
+        BenchCommand::Parse(args) => {
+            println!("{}", machine_line());
+            let report = nublar_model::bench::parse_throughput(args.lines, args.seconds);
+            println!(
+                "nublar bench parse: {} lines, {} bytes ({:.1} bytes/line), one core: {:.0} lines/s, {:.0} MB/s",
+                report.lines,
+                report.bytes,
+                report.bytes as f64 / report.lines.max(1) as f64,
+                report.lines_per_s,
+                report.mb_per_s
+            );
+            Ok(())
+        }
     }
 }
 

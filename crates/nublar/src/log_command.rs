@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use nublar_log::{BatchView, Log, OpenOptions};
 
@@ -19,7 +19,7 @@ pub enum LogCommand {
     /// Show a topic's configuration, and per partition its offsets, size,
     /// segments, state and every group's committed offset.
     Describe { topic: String },
-    /// Print the last records of a partition (and keep printing with --follow).
+    /// Print the last records of a partition.
     Tail {
         topic: String,
         #[arg(long, short, default_value_t = 0)]
@@ -27,9 +27,6 @@ pub enum LogCommand {
         /// How many records from the end.
         #[arg(long, short = 'n', default_value_t = 10)]
         lines: i64,
-        /// Keep printing new records until interrupted.
-        #[arg(long, short)]
-        follow: bool,
     },
     /// Print the batches of a partition with their header fields, CRC check
     /// and (with --records) every record.
@@ -62,16 +59,7 @@ pub fn run(data: &Path, command: LogCommand) -> anyhow::Result<()> {
             topic,
             partition,
             lines,
-            follow,
-        } => {
-            if follow {
-                bail!(
-                    "--follow needs a running node to ask, and the node's API comes with `nublar serve`; \
-                     without a node the log cannot grow while you watch"
-                );
-            }
-            tail(&open_read_only(&dir)?, &topic, partition, lines)
-        }
+        } => tail(&open_read_only(&dir)?, &topic, partition, lines),
         LogCommand::Dump {
             topic,
             partition,

@@ -40,6 +40,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Like other command line tools, end quietly when the reader of our
+    // output goes away (`nublar log tail … | head`) instead of panicking.
+    // SAFETY: called before any thread starts; only resets a disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NUBLAR_LOG")

@@ -29,6 +29,7 @@ pub fn config(parameters: Parameters) -> SessionConfig {
     SessionConfig {
         parameters,
         authentication: None,
+        passive: false,
     }
 }
 
