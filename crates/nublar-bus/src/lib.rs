@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+pub use nublar_log::limits::BATCH_KEY_BYTES_MAX;
 use nublar_log::{AppendError, Log, LogError, ReadError};
 pub use nublar_log::{
     AppendOutcome, Batch, BatchBuilder, BatchView, Compression, Durability, Guarantee, ReadBatches,
@@ -131,6 +132,10 @@ pub trait Bus: Send + Sync + 'static {
     /// Marks `group` as required for `topic`: data it has not committed is
     /// kept whatever the retention says.
     async fn require_group(&self, group: &str, topic: &str) -> Result<(), BusError>;
+
+    /// What keeps the bus from taking writes right now (a stopped partition
+    /// and why), for readiness; empty when all is well.
+    fn problems(&self) -> Vec<String>;
 }
 
 /// The embedded log as a bus. Blocking log calls run on tokio's blocking
@@ -278,6 +283,14 @@ impl Bus for EmbeddedBus {
         partition: u32,
     ) -> Result<Option<i64>, BusError> {
         Ok(self.log.committed(group, topic, partition))
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.log
+            .stopped_partitions()
+            .into_iter()
+            .map(|(topic, partition, reason)| format!("{topic}/{partition} stopped: {reason}"))
+            .collect()
     }
 
     async fn require_group(&self, group: &str, topic: &str) -> Result<(), BusError> {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod log_command;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a node: the commit log and the ingest gateway (HTTP and UDP).
+    Serve(serve::ServeArgs),
     /// Look inside the commit log of a data directory no node owns.
     #[command(subcommand)]
     Log(log_command::LogCommand),
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(&cli.data, args),
         Command::Log(command) => log_command::run(&cli.data, command),
         Command::Bench(command) => bench::run(command),
     };

@@ -1,0 +1,294 @@
+//! The ingest gateway: InfluxDB-compatible HTTP write endpoints and UDP line
+//! protocol, parsing and validating once, appending each request as one
+//! batch to one partition of the `telemetry` topic through the bus, and
+//! answering only once the batch has the topic's guarantee.
+//!
+//! What a batch holds (the stored value format): one record per accepted
+//! line, its value the line in canonical line protocol (escapes normalised,
+//! the timestamp always present, in nanoseconds), no key. The first record
+//! carries the batch's headers: `db` (the database), `sender` (the client's
+//! address; IPv4-mapped IPv6 shown as IPv4) and, when the client sent an
+//! `Idempotency-Key`, the batch key `<db>/<key>`. Whether the lake sink keeps
+//! this format or a binary one is decided when the sink is measured.
+
+mod limits;
+mod metrics;
+mod write;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use nublar_bus::{Bus, TopicConfig};
+use serde::Deserialize;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
+
+pub use limits::IngestConfig;
+pub use metrics::Metrics;
+use write::{Dialect, WriteRequest};
+
+/// The topic every accepted request lands in.
+pub const TELEMETRY_TOPIC: &str = "telemetry";
+
+/// A running gateway's shared state.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bus: Arc<dyn Bus>,
+    config: IngestConfig,
+    partitions: u32,
+    in_flight: Semaphore,
+    draining: AtomicBool,
+    metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the telemetry topic could not be created: {0}")]
+    Topic(nublar_bus::BusError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Gateway {
+    /// Creates the telemetry topic if needed. Nothing listens yet.
+    pub async fn new(bus: Arc<dyn Bus>, config: IngestConfig) -> Result<Gateway, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let topic = TopicConfig::with_partitions(config.partitions);
+        bus.ensure_topic(TELEMETRY_TOPIC, topic)
+            .await
+            .map_err(StartError::Topic)?;
+        let partitions = bus
+            .partitions(TELEMETRY_TOPIC)
+            .await
+            .map_err(StartError::Topic)?;
+        let permits = config.in_flight_bytes_max.div_ceil(limits::PERMIT_BYTES);
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                bus,
+                partitions,
+                in_flight: Semaphore::new(permits),
+                draining: AtomicBool::new(false),
+                metrics: Metrics::default(),
+                config,
+            }),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// From now on `/ready` says no, so that a balancer stops sending; requests
+    /// already in flight still finish.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/v2/write", post(write_v2))
+            .route("/api/v3/write_lp", post(write_v3))
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .route("/metrics", get(metrics_text))
+            .with_state(self.clone())
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` completes, then lets the
+    /// requests in flight finish.
+    pub async fn serve_http(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let service = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Receives line protocol datagrams into the configured UDP database
+    /// until `shutdown` completes. Bad datagrams are counted, and logged at
+    /// most once a second.
+    pub async fn serve_udp(
+        &self,
+        socket: UdpSocket,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let mut buffer = vec![0u8; limits::UDP_DATAGRAM_BYTES_MAX];
+        let mut last_warning: Option<std::time::Instant> = None;
+        tokio::pin!(shutdown);
+        loop {
+            let (length, peer) = tokio::select! {
+                received = socket.recv_from(&mut buffer) => received?,
+                () = &mut shutdown => return Ok(()),
+            };
+            let Ok(_permit) = write::reserve(&self.inner, length) else {
+                self.inner.metrics.count_udp_drop();
+                continue;
+            };
+            let request = WriteRequest {
+                db: self.inner.config.udp_db.clone(),
+                body: buffer[..length].to_vec(),
+                precision: write::PrecisionChoice::Fixed(nublar_model::Precision::Ns),
+                accept_partial: true,
+                sender: canonical_ip(peer.ip()),
+                idempotency_key: None,
+            };
+            if let Err(error) = write::handle(&self.inner, request).await {
+                self.inner.metrics.count_udp_drop();
+                let now = std::time::Instant::now();
+                if last_warning.is_none_or(|at| now.duration_since(at).as_secs() >= 1) {
+                    tracing::warn!(%peer, "UDP datagram not stored: {}", error.message);
+                    last_warning = Some(now);
+                }
+            }
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack socket) are IPv4 senders.
+pub fn canonical_ip(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+#[derive(Deserialize)]
+struct V2Query {
+    bucket: Option<String>,
+    #[allow(dead_code)]
+    org: Option<String>,
+    precision: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct V3Query {
+    db: Option<String>,
+    precision: Option<String>,
+    accept_partial: Option<String>,
+}
+
+async fn write_v2(
+    State(gateway): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<V2Query>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let dialect = Dialect::V2;
+    let Some(db) = query.bucket else {
+        return write::error_response(dialect, StatusCode::BAD_REQUEST, "bucket is required");
+    };
+    let precision = match query.precision.as_deref() {
+        None => write::PrecisionChoice::Fixed(nublar_model::Precision::Ns),
+        Some(name) => match nublar_model::Precision::from_name(name) {
+            Some(precision) => write::PrecisionChoice::Fixed(precision),
+            None => {
+                let message = format!("invalid precision {name:?}: expected ns, us, ms or s");
+                return write::error_response(dialect, StatusCode::BAD_REQUEST, &message);
+            }
+        },
+    };
+    write::respond(
+        &gateway.inner,
+        dialect,
+        db,
+        precision,
+        true,
+        peer,
+        headers,
+        body,
+    )
+    .await
+}
+
+async fn write_v3(
+    State(gateway): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<V3Query>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let dialect = Dialect::V3;
+    let Some(db) = query.db else {
+        return write::error_response(dialect, StatusCode::BAD_REQUEST, "db is required");
+    };
+    let precision = match query.precision.as_deref() {
+        None | Some("auto") => write::PrecisionChoice::Auto,
+        Some(name) => match nublar_model::Precision::from_name(name) {
+            Some(precision) => write::PrecisionChoice::Fixed(precision),
+            None => {
+                let message = format!("invalid precision {name:?}: expected auto, ns, us, ms or s");
+                return write::error_response(dialect, StatusCode::BAD_REQUEST, &message);
+            }
+        },
+    };
+    let accept_partial = match query.accept_partial.as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            let message = format!("invalid accept_partial {other:?}: expected true or false");
+            return write::error_response(dialect, StatusCode::BAD_REQUEST, &message);
+        }
+    };
+    write::respond(
+        &gateway.inner,
+        dialect,
+        db,
+        precision,
+        accept_partial,
+        peer,
+        headers,
+        body,
+    )
+    .await
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn ready(State(gateway): State<Gateway>) -> Response {
+    let mut problems = gateway.inner.bus.problems();
+    if gateway.inner.draining.load(Ordering::SeqCst) {
+        problems.insert(0, "draining".into());
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(gateway): State<Gateway>) -> Response {
+    let available = gateway.inner.in_flight.available_permits() * limits::PERMIT_BYTES;
+    let in_flight = gateway
+        .inner
+        .config
+        .in_flight_bytes_max
+        .saturating_sub(available);
+    let text = gateway.inner.metrics.render(in_flight);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,61 @@
+//! The gateway's bounds and their defaults. Every queue and buffer the
+//! gateway holds is bounded by one of these.
+
+/// Largest request body as sent (compressed or not).
+pub const BODY_BYTES_DEFAULT: usize = 10 * 1024 * 1024;
+/// Largest body after gzip decompression: where a gzip bomb stops.
+pub const DECOMPRESSED_BYTES_DEFAULT: usize = 50 * 1024 * 1024;
+/// Request bodies held in memory at once, over all connections.
+pub const IN_FLIGHT_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
+/// Rejected lines detailed in one response; the rest are counted.
+pub const REJECTED_LINES_REPORTED_MAX: usize = 100;
+/// The in-flight bound is kept in permits of this size.
+pub const PERMIT_BYTES: usize = 1024;
+pub const UDP_DATAGRAM_BYTES_MAX: usize = 65_535;
+pub const DATABASE_NAME_BYTES_MAX: usize = 64;
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+/// What a client is told to wait before retrying when the gateway is full.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
+const _: () = assert!(BODY_BYTES_DEFAULT <= DECOMPRESSED_BYTES_DEFAULT);
+const _: () = assert!(DECOMPRESSED_BYTES_DEFAULT <= IN_FLIGHT_BYTES_DEFAULT);
+// `<db>/<key>` must fit the log's batch key limit.
+const _: () = assert!(
+    DATABASE_NAME_BYTES_MAX + 1 + IDEMPOTENCY_KEY_BYTES_MAX <= nublar_bus::BATCH_KEY_BYTES_MAX
+);
+
+/// The gateway's options; every one has a working default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestConfig {
+    /// Partitions of the `telemetry` topic when the gateway creates it.
+    pub partitions: u32,
+    pub body_bytes_max: usize,
+    pub decompressed_bytes_max: usize,
+    pub in_flight_bytes_max: usize,
+    /// The database UDP datagrams are written to (UDP carries no database).
+    pub udp_db: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> IngestConfig {
+        IngestConfig {
+            partitions: 8,
+            body_bytes_max: BODY_BYTES_DEFAULT,
+            decompressed_bytes_max: DECOMPRESSED_BYTES_DEFAULT,
+            in_flight_bytes_max: IN_FLIGHT_BYTES_DEFAULT,
+            udp_db: "park".into(),
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.body_bytes_max == 0 || self.body_bytes_max > self.decompressed_bytes_max {
+            return Err("body_bytes_max must be 1..=decompressed_bytes_max".into());
+        }
+        if self.decompressed_bytes_max > self.in_flight_bytes_max {
+            return Err("decompressed_bytes_max must not exceed in_flight_bytes_max".into());
+        }
+        crate::write::validate_db(&self.udp_db).map_err(|reason| format!("udp_db: {reason}"))
+    }
+}

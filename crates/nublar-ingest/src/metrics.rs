@@ -1,0 +1,88 @@
+//! The gateway's counters, rendered in Prometheus' text format. Counted per
+//! request and per batch, never per event on a hot path beyond one add.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    accepted_lines_total: AtomicU64,
+    rejected_lines: Mutex<BTreeMap<&'static str, u64>>,
+    received_bytes_total: AtomicU64,
+    udp_dropped_total: AtomicU64,
+}
+
+impl Metrics {
+    pub fn count_request(&self, endpoint: &'static str, status: u16) {
+        *self
+            .requests
+            .lock()
+            .unwrap()
+            .entry((endpoint, status))
+            .or_default() += 1;
+    }
+
+    pub fn count_lines(&self, accepted: usize, rejected_by_reason: &BTreeMap<&'static str, u64>) {
+        self.accepted_lines_total
+            .fetch_add(accepted as u64, Ordering::Relaxed);
+        let mut rejected = self.rejected_lines.lock().unwrap();
+        for (reason, count) in rejected_by_reason {
+            *rejected.entry(reason).or_default() += count;
+        }
+    }
+
+    pub fn count_bytes(&self, bytes: usize) {
+        self.received_bytes_total
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn count_udp_drop(&self) {
+        self.udp_dropped_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn accepted_lines_total(&self) -> u64 {
+        self.accepted_lines_total.load(Ordering::Relaxed)
+    }
+
+    pub fn rejected_lines_total(&self, reason: &str) -> u64 {
+        self.rejected_lines
+            .lock()
+            .unwrap()
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn render(&self, in_flight_bytes: usize) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# TYPE nublar_http_requests_total counter");
+        for ((endpoint, status), count) in self.requests.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "nublar_http_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {count}"
+            );
+        }
+        let _ = writeln!(out, "# TYPE nublar_ingest_accepted_lines_total counter");
+        let accepted = self.accepted_lines_total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "nublar_ingest_accepted_lines_total {accepted}");
+        let _ = writeln!(out, "# TYPE nublar_ingest_rejected_lines_total counter");
+        for (reason, count) in self.rejected_lines.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "nublar_ingest_rejected_lines_total{{reason=\"{reason}\"}} {count}"
+            );
+        }
+        let _ = writeln!(out, "# TYPE nublar_ingest_received_bytes_total counter");
+        let bytes = self.received_bytes_total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "nublar_ingest_received_bytes_total {bytes}");
+        let _ = writeln!(out, "# TYPE nublar_ingest_in_flight_bytes gauge");
+        let _ = writeln!(out, "nublar_ingest_in_flight_bytes {in_flight_bytes}");
+        let _ = writeln!(out, "# TYPE nublar_udp_dropped_datagrams_total counter");
+        let dropped = self.udp_dropped_total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "nublar_udp_dropped_datagrams_total {dropped}");
+        out
+    }
+}

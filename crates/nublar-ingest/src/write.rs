@@ -1,0 +1,488 @@
+//! The write path shared by every endpoint: read the body within its limits,
+//! decompress, parse and validate every line, append the accepted lines as
+//! one batch, and answer in the dialect of the endpoint that was called.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use nublar_bus::{BatchBuilder, BusError, Compression};
+use nublar_model::{ParseLimits, Precision, parse_lines, write_line};
+use serde_json::json;
+
+use crate::limits::{
+    DATABASE_NAME_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX, PERMIT_BYTES, REJECTED_LINES_REPORTED_MAX,
+    RETRY_AFTER_SECONDS,
+};
+use crate::{Inner, TELEMETRY_TOPIC, canonical_ip};
+
+/// Which API's error shapes a response uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// InfluxDB 2: `{"code": …, "message": …}`.
+    V2,
+    /// InfluxDB 3: `{"error": …, "data": [{original_line, line_number, error_message}]}`.
+    V3,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PrecisionChoice {
+    Fixed(Precision),
+    /// Guess the unit of each timestamp from its magnitude, as InfluxDB 3 does.
+    Auto,
+}
+
+pub(crate) struct WriteRequest {
+    pub db: String,
+    pub body: Vec<u8>,
+    pub precision: PrecisionChoice,
+    pub accept_partial: bool,
+    pub sender: IpAddr,
+    pub idempotency_key: Option<String>,
+}
+
+pub(crate) struct Rejected {
+    pub line_number: usize,
+    pub original_line: String,
+    pub message: String,
+}
+
+pub(crate) struct WriteFailure {
+    pub status: StatusCode,
+    pub message: String,
+    pub rejected: Vec<Rejected>,
+    /// Total rejected lines (more than `rejected` lists when over the limit).
+    pub rejected_total: usize,
+    pub retry_after: bool,
+}
+
+impl WriteFailure {
+    fn plain(status: StatusCode, message: impl Into<String>) -> WriteFailure {
+        WriteFailure {
+            status,
+            message: message.into(),
+            rejected: Vec::new(),
+            rejected_total: 0,
+            retry_after: false,
+        }
+    }
+}
+
+pub(crate) fn validate_db(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > DATABASE_NAME_BYTES_MAX {
+        return Err(format!(
+            "database name must be 1 to {DATABASE_NAME_BYTES_MAX} bytes"
+        ));
+    }
+    if name.starts_with('_') {
+        return Err("database names starting with '_' are reserved".into());
+    }
+    if !name
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'))
+    {
+        return Err("database names use ASCII letters, digits, '_' and '-'".into());
+    }
+    Ok(())
+}
+
+/// Reads the request, runs the write and turns the outcome into a response.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn respond(
+    inner: &Inner,
+    dialect: Dialect,
+    db: String,
+    precision: PrecisionChoice,
+    accept_partial: bool,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let endpoint = match dialect {
+        Dialect::V2 => "/api/v2/write",
+        Dialect::V3 => "/api/v3/write_lp",
+    };
+    // Bodies held at once are bounded: a request reserves its declared size
+    // before its body is read (all of the body limit when it declares none),
+    // and what decompression adds after; past the bound the client is asked
+    // to come back. This is what keeps memory bounded under any load.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(inner.config.body_bytes_max)
+        .min(inner.config.body_bytes_max);
+    let response = match reserve(inner, declared) {
+        Err(failure) => failure_response(dialect, failure),
+        Ok(mut permit) => match read_body(inner, &headers, body).await {
+            Err(failure) => failure_response(dialect, failure),
+            Ok(body) => {
+                if body.len() > declared {
+                    match reserve(inner, body.len() - declared) {
+                        Ok(extra) => permit.merge(extra),
+                        Err(failure) => {
+                            inner
+                                .metrics
+                                .count_request(endpoint, failure.status.as_u16());
+                            return failure_response(dialect, failure);
+                        }
+                    }
+                }
+                let idempotency_key = match headers.get("idempotency-key").map(HeaderValue::to_str)
+                {
+                    None => None,
+                    Some(Ok(key)) if !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_BYTES_MAX => {
+                        Some(key.to_owned())
+                    }
+                    Some(_) => {
+                        let message = format!(
+                            "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes of visible ASCII"
+                        );
+                        return error_response(dialect, StatusCode::BAD_REQUEST, &message);
+                    }
+                };
+                let request = WriteRequest {
+                    db,
+                    body,
+                    precision,
+                    accept_partial,
+                    sender: canonical_ip(peer.ip()),
+                    idempotency_key,
+                };
+                let result = handle(inner, request).await;
+                drop(permit);
+                match result {
+                    Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                    Err(failure) => failure_response(dialect, failure),
+                }
+            }
+        },
+    };
+    inner
+        .metrics
+        .count_request(endpoint, response.status().as_u16());
+    response
+}
+
+/// Reserves `bytes` of the in-flight bound, or answers 503 with Retry-After.
+pub(crate) fn reserve(
+    inner: &Inner,
+    bytes: usize,
+) -> Result<tokio::sync::SemaphorePermit<'_>, WriteFailure> {
+    let permits = bytes.div_ceil(PERMIT_BYTES).max(1) as u32;
+    inner.in_flight.try_acquire_many(permits).map_err(|_| {
+        let mut failure = WriteFailure::plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is at its in-flight limit; retry later",
+        );
+        failure.retry_after = true;
+        failure
+    })
+}
+
+/// The body within its limits, decompressed when the client says gzip.
+async fn read_body(
+    inner: &Inner,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<u8>, WriteFailure> {
+    let limit = inner.config.body_bytes_max;
+    let too_large = || {
+        WriteFailure::plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    if let Some(length) = headers.get(header::CONTENT_LENGTH)
+        && let Some(length) = length
+            .to_str()
+            .ok()
+            .and_then(|text| text.parse::<usize>().ok())
+        && length > limit
+    {
+        return Err(too_large());
+    }
+    let raw = axum::body::to_bytes(body, limit).await.map_err(|error| {
+        // The only error a local body meets besides the limit is a client
+        // that went away or sent a broken chunked encoding.
+        if std::error::Error::source(&error)
+            .is_some_and(|source| source.to_string().contains("length limit"))
+        {
+            too_large()
+        } else {
+            WriteFailure::plain(
+                StatusCode::BAD_REQUEST,
+                format!("reading the body failed: {error}"),
+            )
+        }
+    })?;
+    inner.metrics.count_bytes(raw.len());
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|value| value.to_str().ok());
+    match encoding.map(str::trim) {
+        None | Some("") | Some("identity") => Ok(raw.to_vec()),
+        Some("gzip") => {
+            let limit = inner.config.decompressed_bytes_max;
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&raw[..])
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|error| {
+                    WriteFailure::plain(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid gzip body: {error}"),
+                    )
+                })?;
+            if out.len() > limit {
+                return Err(WriteFailure::plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("decompressed body is larger than {limit} bytes"),
+                ));
+            }
+            Ok(out)
+        }
+        Some(other) => Err(WriteFailure::plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported Content-Encoding {other:?}: use gzip or none"),
+        )),
+    }
+}
+
+/// Parses, validates and appends one request as one batch.
+pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), WriteFailure> {
+    if let Err(reason) = validate_db(&request.db) {
+        return Err(WriteFailure::plain(StatusCode::BAD_REQUEST, reason));
+    }
+    let received_ns = now_ns();
+    let parse_precision = match request.precision {
+        PrecisionChoice::Fixed(precision) => precision,
+        PrecisionChoice::Auto => Precision::Ns,
+    };
+    let mut builder = BatchBuilder::with_capacity(Compression::Lz4, request.body.len() + 1024);
+    if let Some(key) = &request.idempotency_key {
+        builder = builder
+            .batch_key(&format!("{}/{}", request.db, key))
+            .expect("database and key lengths are bounded to fit a batch key");
+    }
+    let sender = request.sender.to_string();
+    let mut line_buffer = Vec::with_capacity(256);
+    let mut rejected = Vec::new();
+    let mut rejected_total = 0;
+    let mut rejected_by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for (line_number, parsed) in parse_lines(&request.body, parse_precision, ParseLimits::default())
+    {
+        let mut line = match parsed {
+            Ok(line) => line,
+            Err(error) => {
+                rejected_total += 1;
+                *rejected_by_reason.entry(error.kind().name()).or_default() += 1;
+                if rejected.len() < REJECTED_LINES_REPORTED_MAX {
+                    rejected.push(Rejected {
+                        line_number,
+                        original_line: error.original_line(&request.body).into_owned(),
+                        message: error.to_string(),
+                    });
+                }
+                continue;
+            }
+        };
+        line.timestamp_ns = Some(match (line.timestamp_ns, request.precision) {
+            (None, _) => received_ns,
+            (Some(raw), PrecisionChoice::Auto) => match auto_precision(raw) {
+                Some(ns) => ns,
+                None => {
+                    rejected_total += 1;
+                    *rejected_by_reason
+                        .entry("timestamp_out_of_range")
+                        .or_default() += 1;
+                    if rejected.len() < REJECTED_LINES_REPORTED_MAX {
+                        rejected.push(Rejected {
+                            line_number,
+                            original_line: physical_line(&request.body, line_number),
+                            message: format!("timestamp {raw} is out of range"),
+                        });
+                    }
+                    continue;
+                }
+            },
+            (Some(ns), PrecisionChoice::Fixed(_)) => ns,
+        });
+        line_buffer.clear();
+        write_line(&line, &mut line_buffer);
+        let value = line_buffer.strip_suffix(b"\n").unwrap_or(&line_buffer);
+        if builder.is_empty() {
+            builder.push(
+                None,
+                value,
+                &[("db", request.db.as_bytes()), ("sender", sender.as_bytes())],
+            );
+        } else {
+            builder.push(None, value, &[]);
+        }
+    }
+    let all_or_nothing_failed = rejected_total > 0 && !request.accept_partial;
+    let accepted = if all_or_nothing_failed {
+        0
+    } else {
+        builder.len()
+    };
+    inner.metrics.count_lines(accepted, &rejected_by_reason);
+
+    if all_or_nothing_failed {
+        return Err(WriteFailure {
+            status: StatusCode::BAD_REQUEST,
+            message: "parsing failed for write_lp endpoint".into(),
+            rejected,
+            rejected_total,
+            retry_after: false,
+        });
+    }
+    if accepted > 0 {
+        let batch = match builder.finish() {
+            Ok(batch) => batch,
+            Err(error) => {
+                return Err(WriteFailure::plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the accepted lines do not fit one batch: {error}"),
+                ));
+            }
+        };
+        let partition = partition_for(request.sender, inner.partitions);
+        if let Err(error) = inner.bus.append(TELEMETRY_TOPIC, partition, batch).await {
+            return Err(bus_failure(error));
+        }
+    }
+    if rejected_total > 0 {
+        return Err(WriteFailure {
+            status: StatusCode::BAD_REQUEST,
+            message: "partial write of line protocol occurred".into(),
+            rejected,
+            rejected_total,
+            retry_after: false,
+        });
+    }
+    Ok(())
+}
+
+/// Line `number` (1-based, as the parser counts) of the body, for an error
+/// found after parsing.
+fn physical_line(body: &[u8], number: usize) -> String {
+    let line = body
+        .split(|&byte| byte == b'\n')
+        .nth(number.saturating_sub(1))
+        .unwrap_or(&[]);
+    String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned()
+}
+
+/// One sender always lands in one partition, so its series keep their order.
+fn partition_for(sender: IpAddr, partitions: u32) -> u32 {
+    let bytes = match sender {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    // FNV-1a: stable across versions and runs, unlike the std hasher.
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % u64::from(partitions)) as u32
+}
+
+/// InfluxDB 3's guess: the unit that puts the timestamp nearest today.
+fn auto_precision(raw: i64) -> Option<i64> {
+    let magnitude = raw.unsigned_abs();
+    let precision = if magnitude < 5_000_000_000 {
+        Precision::S
+    } else if magnitude < 5_000_000_000_000 {
+        Precision::Ms
+    } else if magnitude < 5_000_000_000_000_000 {
+        Precision::Us
+    } else {
+        Precision::Ns
+    };
+    precision.to_nanoseconds(raw).ok()
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn bus_failure(error: BusError) -> WriteFailure {
+    let retryable = error.is_retryable() || matches!(error, BusError::Stopped(_));
+    let status = match &error {
+        BusError::Full(_) | BusError::Unavailable(_) | BusError::Stopped(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        BusError::Invalid(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!("append failed: {error}");
+    }
+    let mut failure = WriteFailure::plain(status, format!("the write was not stored: {error}"));
+    failure.retry_after = retryable;
+    failure
+}
+
+pub(crate) fn error_response(dialect: Dialect, status: StatusCode, message: &str) -> Response {
+    failure_response(dialect, WriteFailure::plain(status, message))
+}
+
+fn failure_response(dialect: Dialect, failure: WriteFailure) -> Response {
+    let body = match dialect {
+        Dialect::V2 => {
+            let code = match failure.status {
+                StatusCode::BAD_REQUEST => "invalid",
+                StatusCode::PAYLOAD_TOO_LARGE => "request too large",
+                StatusCode::UNAUTHORIZED => "unauthorized",
+                StatusCode::FORBIDDEN => "forbidden",
+                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                _ => "internal error",
+            };
+            let mut message = failure.message.clone();
+            if failure.rejected_total > 0 {
+                let details: Vec<String> = failure
+                    .rejected
+                    .iter()
+                    .map(|rejected| format!("line {}: {}", rejected.line_number, rejected.message))
+                    .collect();
+                message = format!(
+                    "{message}: {} lines rejected: {}",
+                    failure.rejected_total,
+                    details.join("; ")
+                );
+            }
+            json!({ "code": code, "message": message })
+        }
+        Dialect::V3 => {
+            let data: Vec<serde_json::Value> = failure
+                .rejected
+                .iter()
+                .map(|rejected| {
+                    json!({
+                        "original_line": rejected.original_line,
+                        "line_number": rejected.line_number,
+                        "error_message": rejected.message,
+                    })
+                })
+                .collect();
+            if data.is_empty() {
+                json!({ "error": failure.message, "data": null })
+            } else {
+                json!({ "error": failure.message, "data": data })
+            }
+        }
+    };
+    let mut response = (failure.status, axum::Json(body)).into_response();
+    if failure.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    }
+    response
+}

@@ -1,0 +1,149 @@
+//! `nublar serve` as a process: the first line, writes over IPv4 and IPv6,
+//! idempotent retries across a SIGKILL and restart, and a SIGTERM drain.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Node {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Node {
+    fn start(data: &Path, http: &str) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nublar"))
+            .args([
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--http",
+                http,
+                "--udp",
+                "127.0.0.1:0",
+            ])
+            .args(["--partitions", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let rest = first
+            .strip_prefix("nublar listening http=")
+            .unwrap_or_else(|| panic!("first line: {first:?}"));
+        let (http, udp) = rest.trim().split_once(" udp=").unwrap();
+        udp.parse::<SocketAddr>().unwrap();
+        Node {
+            child,
+            http: http.parse().unwrap(),
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill only sends a signal to our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the node did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn post(address: SocketAddr, target: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    let mut head = format!(
+        "POST {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    stream
+        .write_all(format!("{head}\r\n{body}").as_bytes())
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let status = reply.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, reply)
+}
+
+fn stored_records(data: &Path) -> i64 {
+    let output = Command::new(env!("CARGO_BIN_EXE_nublar"))
+        .args(["log", "topics", "--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("telemetry"))
+        .unwrap_or_else(|| panic!("{text}"));
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_node_takes_writes_over_ipv4_and_ipv6_and_drains_on_sigterm() {
+    for bind in ["127.0.0.1:0", "[::1]:0"] {
+        let data = tempfile::tempdir().unwrap();
+        let mut node = Node::start(data.path(), bind);
+        let (status, reply) = post(
+            node.http,
+            "/api/v2/write?bucket=park",
+            &[],
+            "weather,station=s1 temp_c=21.5 1\n",
+        );
+        assert_eq!(status, 204, "{reply}");
+        node.signal(libc::SIGTERM);
+        let status = node.wait_exit(Duration::from_secs(20));
+        assert!(status.success(), "exit status {status:?}");
+        assert_eq!(stored_records(data.path()), 1);
+    }
+}
+
+#[test]
+fn a_retry_after_a_crash_and_restart_stores_no_second_copy() {
+    let data = tempfile::tempdir().unwrap();
+    let body =
+        "collar,animal=a1 lat=-1.25,lon=36.75 100\ncollar,animal=a1 lat=-1.26,lon=36.76 200\n";
+    let headers = [("Idempotency-Key", "batch-7")];
+    let node = Node::start(data.path(), "127.0.0.1:0");
+    assert_eq!(
+        post(node.http, "/api/v3/write_lp?db=park", &headers, body).0,
+        204
+    );
+    node.signal(libc::SIGKILL);
+    drop(node);
+    let mut node = Node::start(data.path(), "127.0.0.1:0");
+    assert_eq!(
+        post(node.http, "/api/v3/write_lp?db=park", &headers, body).0,
+        204
+    );
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(20)).success());
+    assert_eq!(
+        stored_records(data.path()),
+        2,
+        "the retried batch is stored once"
+    );
+}
