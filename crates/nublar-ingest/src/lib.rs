@@ -197,15 +197,9 @@ async fn write_v2(
     let Some(db) = query.bucket else {
         return write::error_response(dialect, StatusCode::BAD_REQUEST, "bucket is required");
     };
-    let precision = match query.precision.as_deref() {
-        None => write::PrecisionChoice::Fixed(nublar_model::Precision::Ns),
-        Some(name) => match nublar_model::Precision::from_name(name) {
-            Some(precision) => write::PrecisionChoice::Fixed(precision),
-            None => {
-                let message = format!("invalid precision {name:?}: expected ns, us, ms or s");
-                return write::error_response(dialect, StatusCode::BAD_REQUEST, &message);
-            }
-        },
+    let precision = match precision_choice(dialect, query.precision.as_deref()) {
+        Ok(precision) => precision,
+        Err(response) => return response,
     };
     write::respond(
         &gateway.inner,
@@ -231,15 +225,9 @@ async fn write_v3(
     let Some(db) = query.db else {
         return write::error_response(dialect, StatusCode::BAD_REQUEST, "db is required");
     };
-    let precision = match query.precision.as_deref() {
-        None | Some("auto") => write::PrecisionChoice::Auto,
-        Some(name) => match nublar_model::Precision::from_name(name) {
-            Some(precision) => write::PrecisionChoice::Fixed(precision),
-            None => {
-                let message = format!("invalid precision {name:?}: expected auto, ns, us, ms or s");
-                return write::error_response(dialect, StatusCode::BAD_REQUEST, &message);
-            }
-        },
+    let precision = match precision_choice(dialect, query.precision.as_deref()) {
+        Ok(precision) => precision,
+        Err(response) => return response,
     };
     let accept_partial = match query.accept_partial.as_deref() {
         None | Some("true") => true,
@@ -260,6 +248,34 @@ async fn write_v3(
         body,
     )
     .await
+}
+
+/// The `precision` parameter: v2 defaults to nanoseconds and has no `auto`;
+/// v3 defaults to `auto`, InfluxDB 3's guess from each timestamp's size.
+// A response is the natural error of a handler helper; it is built once per
+// bad request, so its size costs nothing that matters.
+#[allow(clippy::result_large_err)]
+fn precision_choice(
+    dialect: Dialect,
+    name: Option<&str>,
+) -> Result<write::PrecisionChoice, Response> {
+    let auto_allowed = dialect == Dialect::V3;
+    match name {
+        None if auto_allowed => Ok(write::PrecisionChoice::Auto),
+        None => Ok(write::PrecisionChoice::Fixed(nublar_model::Precision::Ns)),
+        Some("auto") if auto_allowed => Ok(write::PrecisionChoice::Auto),
+        Some(name) => nublar_model::Precision::from_name(name)
+            .map(write::PrecisionChoice::Fixed)
+            .ok_or_else(|| {
+                let expected = if auto_allowed {
+                    "auto, ns, us, ms or s"
+                } else {
+                    "ns, us, ms or s"
+                };
+                let message = format!("invalid precision {name:?}: expected {expected}");
+                write::error_response(dialect, StatusCode::BAD_REQUEST, &message)
+            }),
+    }
 }
 
 async fn health() -> &'static str {
