@@ -106,18 +106,55 @@ impl Gateway {
     }
 
     /// Serves HTTP on `listener` until `shutdown` completes, then lets the
-    /// requests in flight finish.
+    /// requests in flight finish. Connections are bounded in number (past
+    /// the bound a new one is closed at once) and a client that is slow to
+    /// send its headers is dropped.
     pub async fn serve_http(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let service = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let router = self.router();
+        let config = &self.inner.config;
+        let connections = Arc::new(Semaphore::new(config.connections_max));
+        let header_timeout = std::time::Duration::from_millis(config.header_read_timeout_ms);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: pause rather
+                        // than spin, and keep serving the open connections.
+                        tracing::warn!("accepting a connection failed: {error}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                self.inner.metrics.count_refused_connection();
+                drop(stream);
+                continue;
+            };
+            let service = router.clone().layer(axum::Extension(ConnectInfo(peer)));
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let watched = graceful.watch(connection);
+            tokio::spawn(async move {
+                let _ = watched.await;
+                drop(permit);
+            });
+        }
+        graceful.shutdown().await;
+        Ok(())
     }
 
     /// Receives line protocol datagrams into the configured UDP database

@@ -14,6 +14,12 @@ pub const PERMIT_BYTES: usize = 1024;
 pub const UDP_DATAGRAM_BYTES_MAX: usize = 65_535;
 pub const DATABASE_NAME_BYTES_MAX: usize = 64;
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+/// Open HTTP connections at once; past it new connections are closed at once.
+pub const CONNECTIONS_DEFAULT: usize = 4096;
+/// A client has this long to send a request's headers (also between requests
+/// on a kept-alive connection), and this long for its body.
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// What a client is told to wait before retrying when the gateway is full.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
@@ -34,6 +40,9 @@ pub struct IngestConfig {
     pub in_flight_bytes_max: usize,
     /// The database UDP datagrams are written to (UDP carries no database).
     pub udp_db: String,
+    pub connections_max: usize,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -44,6 +53,9 @@ impl Default for IngestConfig {
             decompressed_bytes_max: DECOMPRESSED_BYTES_DEFAULT,
             in_flight_bytes_max: IN_FLIGHT_BYTES_DEFAULT,
             udp_db: "park".into(),
+            connections_max: CONNECTIONS_DEFAULT,
+            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
+            body_read_timeout_ms: BODY_READ_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -55,6 +67,12 @@ impl IngestConfig {
         }
         if self.decompressed_bytes_max > self.in_flight_bytes_max {
             return Err("decompressed_bytes_max must not exceed in_flight_bytes_max".into());
+        }
+        if self.connections_max == 0 {
+            return Err("connections_max must be at least 1".into());
+        }
+        if self.header_read_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
+            return Err("read timeouts must be positive".into());
         }
         crate::write::validate_db(&self.udp_db).map_err(|reason| format!("udp_db: {reason}"))
     }

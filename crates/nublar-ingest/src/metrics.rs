@@ -13,6 +13,7 @@ pub struct Metrics {
     rejected_lines: Mutex<BTreeMap<&'static str, u64>>,
     received_bytes_total: AtomicU64,
     udp_dropped_total: AtomicU64,
+    refused_connections_total: AtomicU64,
 }
 
 impl Metrics {
@@ -37,6 +38,11 @@ impl Metrics {
     pub fn count_bytes(&self, bytes: usize) {
         self.received_bytes_total
             .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn count_refused_connection(&self) {
+        self.refused_connections_total
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_udp_drop(&self) {
@@ -83,6 +89,9 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE nublar_udp_dropped_datagrams_total counter");
         let dropped = self.udp_dropped_total.load(Ordering::Relaxed);
         let _ = writeln!(out, "nublar_udp_dropped_datagrams_total {dropped}");
+        let _ = writeln!(out, "# TYPE nublar_http_refused_connections_total counter");
+        let refused = self.refused_connections_total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "nublar_http_refused_connections_total {refused}");
         out
     }
 }

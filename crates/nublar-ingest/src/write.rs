@@ -204,7 +204,18 @@ async fn read_body(
     {
         return Err(too_large());
     }
-    let raw = axum::body::to_bytes(body, limit).await.map_err(|error| {
+    let timeout = std::time::Duration::from_millis(inner.config.body_read_timeout_ms);
+    let reading = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await;
+    let Ok(reading) = reading else {
+        return Err(WriteFailure::plain(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        ));
+    };
+    let raw = reading.map_err(|error| {
         // The only error a local body meets besides the limit is a client
         // that went away or sent a broken chunked encoding.
         if std::error::Error::source(&error)
@@ -439,6 +450,7 @@ fn failure_response(dialect: Dialect, failure: WriteFailure) -> Response {
             let code = match failure.status {
                 StatusCode::BAD_REQUEST => "invalid",
                 StatusCode::PAYLOAD_TOO_LARGE => "request too large",
+                StatusCode::REQUEST_TIMEOUT => "request timeout",
                 StatusCode::UNAUTHORIZED => "unauthorized",
                 StatusCode::FORBIDDEN => "forbidden",
                 StatusCode::SERVICE_UNAVAILABLE => "unavailable",

@@ -484,3 +484,63 @@ async fn udp_datagrams_land_in_the_configured_database() {
     );
     assert_eq!(records[0].0, "park");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_cannot_hold_a_connection_and_connections_are_bounded() {
+    let config = IngestConfig {
+        partitions: 1,
+        connections_max: 2,
+        header_read_timeout_ms: 300,
+        body_read_timeout_ms: 300,
+        ..IngestConfig::default()
+    };
+    let node = node_on("127.0.0.1:0", config).await;
+    let read_until_closed = |mut stream: TcpStream| async move {
+        let mut reply = Vec::new();
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut reply),
+        )
+        .await;
+        assert!(outcome.is_ok(), "the gateway kept a slow connection open");
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+
+    // Headers that never finish: the connection is closed.
+    let mut silent = TcpStream::connect(node.http).await.unwrap();
+    silent
+        .write_all(b"POST /api/v2/write?bucket=park HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    read_until_closed(silent).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // A body that never finishes: 408 and nothing stored.
+    let mut dawdler = TcpStream::connect(node.http).await.unwrap();
+    dawdler
+        .write_all(b"POST /api/v2/write?bucket=park HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nm f=1 1\n")
+        .await
+        .unwrap();
+    let reply = read_until_closed(dawdler).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+
+    // Two idle connections take the whole bound: a third is closed at once.
+    let _first = TcpStream::connect(node.http).await.unwrap();
+    let _second = TcpStream::connect(node.http).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let third = TcpStream::connect(node.http).await.unwrap();
+    let reply = read_until_closed(third).await;
+    assert!(reply.is_empty(), "{reply}");
+    let metrics = {
+        drop(_first);
+        drop(_second);
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        request(node.http, "GET", "/metrics", &[], b"").await.body
+    };
+    assert!(
+        metrics.contains("nublar_http_refused_connections_total 1"),
+        "{metrics}"
+    );
+    assert!(stored(&node.bus).await.is_empty());
+}

@@ -36,6 +36,15 @@ pub struct ServeArgs {
     /// Request bodies held in memory at once, in bytes; past it, 503.
     #[arg(long, env = "NUBLAR_IN_FLIGHT_BYTES_MAX", default_value_t = IngestConfig::default().in_flight_bytes_max)]
     in_flight_bytes_max: usize,
+    /// Open HTTP connections at once; past it new ones are closed at once.
+    #[arg(long, env = "NUBLAR_CONNECTIONS_MAX", default_value_t = IngestConfig::default().connections_max)]
+    connections_max: usize,
+    /// Milliseconds a client has to send a request's headers.
+    #[arg(long, env = "NUBLAR_HEADER_READ_TIMEOUT_MS", default_value_t = IngestConfig::default().header_read_timeout_ms)]
+    header_read_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's body (408 beyond).
+    #[arg(long, env = "NUBLAR_BODY_READ_TIMEOUT_MS", default_value_t = IngestConfig::default().body_read_timeout_ms)]
+    body_read_timeout_ms: u64,
     /// Appends are refused (503) once the log takes this many bytes.
     #[arg(long, env = "NUBLAR_DISK_QUOTA_BYTES")]
     disk_quota_bytes: Option<u64>,
@@ -66,6 +75,9 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         decompressed_bytes_max: args.decompressed_bytes_max,
         in_flight_bytes_max: args.in_flight_bytes_max,
         udp_db: args.udp_db,
+        connections_max: args.connections_max,
+        header_read_timeout_ms: args.header_read_timeout_ms,
+        body_read_timeout_ms: args.body_read_timeout_ms,
     };
     let gateway = Gateway::new(bus, config).await?;
     let http = TcpListener::bind(args.http)
