@@ -11,6 +11,7 @@
 //! `Idempotency-Key`, the batch key `<db>/<key>`. Whether the lake sink keeps
 //! this format or a binary one is decided when the sink is measured.
 
+mod auth;
 mod limits;
 mod metrics;
 mod write;
@@ -30,6 +31,7 @@ use serde::Deserialize;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 
+pub use auth::{AccessConfig, Denied, Prefix, Scope, Token};
 pub use limits::IngestConfig;
 pub use metrics::Metrics;
 use write::{Dialect, WriteRequest};
@@ -173,6 +175,11 @@ impl Gateway {
                 received = socket.recv_from(&mut buffer) => received?,
                 () = &mut shutdown => return Ok(()),
             };
+            let sender = canonical_ip(peer.ip());
+            if !self.inner.config.access.check_udp(sender) {
+                self.inner.metrics.count_udp_drop();
+                continue;
+            }
             let Ok(_permit) = write::reserve(&self.inner, length) else {
                 self.inner.metrics.count_udp_drop();
                 continue;
@@ -182,7 +189,7 @@ impl Gateway {
                 body: buffer[..length].to_vec(),
                 precision: write::PrecisionChoice::Fixed(nublar_model::Precision::Ns),
                 accept_partial: true,
-                sender: canonical_ip(peer.ip()),
+                sender,
                 idempotency_key: None,
             };
             if let Err(error) = write::handle(&self.inner, request).await {

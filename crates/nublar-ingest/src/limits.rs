@@ -43,6 +43,8 @@ pub struct IngestConfig {
     pub connections_max: usize,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
+    /// Tokens, allow-lists and trusted proxies; open when it has no token.
+    pub access: crate::auth::AccessConfig,
 }
 
 impl Default for IngestConfig {
@@ -56,6 +58,7 @@ impl Default for IngestConfig {
             connections_max: CONNECTIONS_DEFAULT,
             header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
             body_read_timeout_ms: BODY_READ_TIMEOUT_MS_DEFAULT,
+            access: crate::auth::AccessConfig::default(),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::limits::{
     DATABASE_NAME_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX, PERMIT_BYTES, REJECTED_LINES_REPORTED_MAX,
     RETRY_AFTER_SECONDS,
 };
-use crate::{Inner, TELEMETRY_TOPIC, canonical_ip};
+use crate::{Inner, TELEMETRY_TOPIC};
 
 /// Which API's error shapes a response uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +105,17 @@ pub(crate) async fn respond(
         Dialect::V2 => "/api/v2/write",
         Dialect::V3 => "/api/v3/write_lp",
     };
+    let access = &inner.config.access;
+    let sender = access.client_address(peer.ip(), &headers);
+    // Refused before anything is read: counted in the metrics only.
+    if let Err(denied) = access.check_write(sender, &headers, &db) {
+        let (status, message) = match denied {
+            crate::auth::Denied::Unauthenticated(message) => (StatusCode::UNAUTHORIZED, message),
+            crate::auth::Denied::Forbidden(message) => (StatusCode::FORBIDDEN, message),
+        };
+        inner.metrics.count_request(endpoint, status.as_u16());
+        return error_response(dialect, status, &message);
+    }
     // Bodies held at once are bounded: a request reserves its declared size
     // before its body is read (all of the body limit when it declares none),
     // and what decompression adds after; past the bound the client is asked
@@ -148,7 +159,7 @@ pub(crate) async fn respond(
                     body,
                     precision,
                     accept_partial,
-                    sender: canonical_ip(peer.ip()),
+                    sender,
                     idempotency_key,
                 };
                 let result = handle(inner, request).await;

@@ -544,3 +544,164 @@ async fn slow_clients_cannot_hold_a_connection_and_connections_are_bounded() {
     );
     assert!(stored(&node.bus).await.is_empty());
 }
+
+fn access_config() -> nublar_ingest::AccessConfig {
+    let token = |name: &str, secret: &str, scopes: &[&str], allow: &[&str]| nublar_ingest::Token {
+        name: name.into(),
+        secret: secret.into(),
+        scopes: scopes.iter().map(|scope| scope.parse().unwrap()).collect(),
+        allow: allow.iter().map(|prefix| prefix.parse().unwrap()).collect(),
+    };
+    nublar_ingest::AccessConfig {
+        tokens: vec![
+            token("collars", "s3cret-collars", &["write:park"], &[]),
+            token("reader", "s3cret-reader", &["read:park"], &[]),
+            token("local-only", "s3cret-local", &["write:*"], &["10.0.0.0/8"]),
+        ],
+        allow: vec![],
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_scopes_decide_who_writes_where() {
+    let config = IngestConfig {
+        partitions: 1,
+        access: access_config(),
+        ..IngestConfig::default()
+    };
+    let node = node_on("127.0.0.1:0", config).await;
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: [Case; 7] = [
+        ("/api/v2/write?bucket=park", &[], 401),
+        (
+            "/api/v2/write?bucket=park",
+            &[("Authorization", "Token wrong")],
+            401,
+        ),
+        (
+            "/api/v2/write?bucket=park",
+            &[("Authorization", "Token s3cret-reader")],
+            403,
+        ),
+        (
+            "/api/v2/write?bucket=zoo",
+            &[("Authorization", "Token s3cret-collars")],
+            403,
+        ),
+        (
+            "/api/v2/write?bucket=park",
+            &[("Authorization", "Token s3cret-local")],
+            403,
+        ),
+        (
+            "/api/v2/write?bucket=park",
+            &[("Authorization", "Token s3cret-collars")],
+            204,
+        ),
+        (
+            "/api/v3/write_lp?db=park",
+            &[("Authorization", "Bearer s3cret-collars")],
+            204,
+        ),
+    ];
+    for (target, headers, status) in cases {
+        let reply = request(node.http, "POST", target, headers, b"m f=1 1\n").await;
+        assert_eq!(reply.status, status, "{target} {headers:?}: {}", reply.body);
+    }
+    assert_eq!(stored(&node.bus).await.len(), 2);
+    // Behind a trusted proxy (the test runs on 127.0.0.1), the forwarded
+    // client is the sender, and the token's prefix list applies to it.
+    let forwarded = [
+        ("Authorization", "Token s3cret-local"),
+        ("X-Forwarded-For", "10.9.8.7"),
+    ];
+    let reply = request(
+        node.http,
+        "POST",
+        "/api/v2/write?bucket=zoo",
+        &forwarded,
+        b"m f=2 2\n",
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    let records = stored(&node.bus).await;
+    assert!(
+        records
+            .iter()
+            .any(|(db, sender, _)| db == "zoo" && sender == "10.9.8.7"),
+        "{records:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefix_allow_list_admits_http_and_udp_senders() {
+    let access = nublar_ingest::AccessConfig {
+        allow: vec!["::1/128".parse().unwrap()],
+        ..access_config()
+    };
+    let config = IngestConfig {
+        partitions: 1,
+        access,
+        ..IngestConfig::default()
+    };
+    let v6 = node_on("[::1]:0", config.clone()).await;
+    let v4 = node_on("127.0.0.1:0", config).await;
+    let token = [("Authorization", "Token s3cret-collars")];
+    assert_eq!(
+        request(
+            v6.http,
+            "POST",
+            "/api/v2/write?bucket=park",
+            &token,
+            b"m f=1 1\n"
+        )
+        .await
+        .status,
+        204
+    );
+    let refused = request(
+        v4.http,
+        "POST",
+        "/api/v2/write?bucket=park",
+        &token,
+        b"m f=1 1\n",
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("not in the allowed prefixes"));
+
+    // UDP carries no token: with tokens configured only the allow-list admits it.
+    for (node, from) in [(&v6, "[::1]:0"), (&v4, "127.0.0.1:0")] {
+        let socket = UdpSocket::bind(if from.starts_with('[') {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        })
+        .await
+        .unwrap();
+        let address = socket.local_addr().unwrap();
+        let gateway = node.gateway.clone();
+        tokio::spawn(async move { gateway.serve_udp(socket, std::future::pending()).await });
+        let sender = UdpSocket::bind(from).await.unwrap();
+        sender.send_to(b"udp f=1 5\n", address).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stored(&v6.bus).await.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the allowed datagram never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        stored(&v4.bus).await.is_empty(),
+        "127.0.0.1 is not in the allow-list"
+    );
+    let metrics = request(v4.http, "GET", "/metrics", &[], b"").await.body;
+    assert!(
+        metrics.contains("nublar_udp_dropped_datagrams_total 1"),
+        "{metrics}"
+    );
+}

@@ -2,55 +2,94 @@
 //! ingest gateway on HTTP and UDP.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use nublar_bus::{Bus, EmbeddedBus};
-use nublar_ingest::{Gateway, IngestConfig};
+use nublar_ingest::Gateway;
 use nublar_log::{Log, OpenOptions};
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::config::NodeConfig;
+
+/// Flags and `NUBLAR_*` variables override the configuration file, which
+/// overrides the defaults (listed in `docs/nublar.example.toml`).
 #[derive(Args)]
 pub struct ServeArgs {
-    /// HTTP API and ingest address; `[::]` listens on IPv6 and IPv4.
-    #[arg(long, env = "NUBLAR_HTTP", default_value = "[::]:8086")]
-    http: SocketAddr,
-    /// UDP line protocol address.
-    #[arg(long, env = "NUBLAR_UDP", default_value = "[::]:8089")]
-    udp: SocketAddr,
-    /// Database that UDP datagrams are written to.
-    #[arg(long, env = "NUBLAR_UDP_DB", default_value = "park")]
-    udp_db: String,
-    /// Partitions of the telemetry topic when it is created.
-    #[arg(long, env = "NUBLAR_PARTITIONS", default_value_t = 8)]
-    partitions: u32,
-    /// Largest request body in bytes.
-    #[arg(long, env = "NUBLAR_BODY_BYTES_MAX", default_value_t = IngestConfig::default().body_bytes_max)]
-    body_bytes_max: usize,
-    /// Largest body after gzip decompression, in bytes.
-    #[arg(long, env = "NUBLAR_DECOMPRESSED_BYTES_MAX", default_value_t = IngestConfig::default().decompressed_bytes_max)]
-    decompressed_bytes_max: usize,
-    /// Request bodies held in memory at once, in bytes; past it, 503.
-    #[arg(long, env = "NUBLAR_IN_FLIGHT_BYTES_MAX", default_value_t = IngestConfig::default().in_flight_bytes_max)]
-    in_flight_bytes_max: usize,
-    /// Open HTTP connections at once; past it new ones are closed at once.
-    #[arg(long, env = "NUBLAR_CONNECTIONS_MAX", default_value_t = IngestConfig::default().connections_max)]
-    connections_max: usize,
-    /// Milliseconds a client has to send a request's headers.
-    #[arg(long, env = "NUBLAR_HEADER_READ_TIMEOUT_MS", default_value_t = IngestConfig::default().header_read_timeout_ms)]
-    header_read_timeout_ms: u64,
-    /// Milliseconds a client has to send a request's body (408 beyond).
-    #[arg(long, env = "NUBLAR_BODY_READ_TIMEOUT_MS", default_value_t = IngestConfig::default().body_read_timeout_ms)]
-    body_read_timeout_ms: u64,
-    /// Appends are refused (503) once the log takes this many bytes.
+    /// A TOML configuration file (every option: docs/nublar.example.toml).
+    #[arg(long, env = "NUBLAR_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP API and ingest address [default: [::]:8086; `[::]` takes IPv6 and IPv4].
+    #[arg(long, env = "NUBLAR_HTTP")]
+    http: Option<SocketAddr>,
+    /// UDP line protocol address [default: [::]:8089].
+    #[arg(long, env = "NUBLAR_UDP")]
+    udp: Option<SocketAddr>,
+    /// Database that UDP datagrams are written to [default: park].
+    #[arg(long, env = "NUBLAR_UDP_DB")]
+    udp_db: Option<String>,
+    /// Partitions of the telemetry topic when it is created [default: 8].
+    #[arg(long, env = "NUBLAR_PARTITIONS")]
+    partitions: Option<u32>,
+    /// Largest request body in bytes [default: 10 MiB].
+    #[arg(long, env = "NUBLAR_BODY_BYTES_MAX")]
+    body_bytes_max: Option<usize>,
+    /// Largest body after gzip decompression, in bytes [default: 50 MiB].
+    #[arg(long, env = "NUBLAR_DECOMPRESSED_BYTES_MAX")]
+    decompressed_bytes_max: Option<usize>,
+    /// Request bodies held in memory at once, in bytes; past it, 503 [default: 256 MiB].
+    #[arg(long, env = "NUBLAR_IN_FLIGHT_BYTES_MAX")]
+    in_flight_bytes_max: Option<usize>,
+    /// Open HTTP connections at once; past it new ones are closed at once [default: 4096].
+    #[arg(long, env = "NUBLAR_CONNECTIONS_MAX")]
+    connections_max: Option<usize>,
+    /// Milliseconds a client has to send a request's headers [default: 10000].
+    #[arg(long, env = "NUBLAR_HEADER_READ_TIMEOUT_MS")]
+    header_read_timeout_ms: Option<u64>,
+    /// Milliseconds a client has to send a request's body (408 beyond) [default: 30000].
+    #[arg(long, env = "NUBLAR_BODY_READ_TIMEOUT_MS")]
+    body_read_timeout_ms: Option<u64>,
+    /// Appends are refused (503) once the log takes this many bytes; 0: none [default: 0].
     #[arg(long, env = "NUBLAR_DISK_QUOTA_BYTES")]
     disk_quota_bytes: Option<u64>,
-    /// How long a SIGTERM waits for requests in flight before giving up.
-    #[arg(long, env = "NUBLAR_DRAIN_SECONDS", default_value_t = 30)]
-    drain_seconds: u64,
+    /// How long a SIGTERM waits for requests in flight [default: 30].
+    #[arg(long, env = "NUBLAR_DRAIN_SECONDS")]
+    drain_seconds: Option<u64>,
+}
+
+impl ServeArgs {
+    fn node_config(&self) -> anyhow::Result<NodeConfig> {
+        let mut config = NodeConfig::load(self.config.as_deref())?;
+        let http = &mut config.http;
+        set(&mut http.listen, self.http);
+        set(&mut http.body_bytes_max, self.body_bytes_max);
+        set(
+            &mut http.decompressed_bytes_max,
+            self.decompressed_bytes_max,
+        );
+        set(&mut http.in_flight_bytes_max, self.in_flight_bytes_max);
+        set(&mut http.connections_max, self.connections_max);
+        set(
+            &mut http.header_read_timeout_ms,
+            self.header_read_timeout_ms,
+        );
+        set(&mut http.body_read_timeout_ms, self.body_read_timeout_ms);
+        set(&mut http.drain_seconds, self.drain_seconds);
+        set(&mut config.udp.listen, self.udp);
+        set(&mut config.udp.db, self.udp_db.clone());
+        set(&mut config.log.partitions, self.partitions);
+        set(&mut config.log.disk_quota_bytes, self.disk_quota_bytes);
+        Ok(config)
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
 }
 
 pub fn run(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
@@ -61,42 +100,39 @@ pub fn run(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    let node = args.node_config()?;
+    let ingest = node.ingest()?;
     let log_dir = data.join("log");
+    let quota = (node.log.disk_quota_bytes > 0).then_some(node.log.disk_quota_bytes);
     let options = OpenOptions {
-        quota_bytes: args.disk_quota_bytes,
+        quota_bytes: quota,
         ..OpenOptions::default()
     };
     let log = Log::open_with(&log_dir, options)
         .with_context(|| format!("opening the log in {}", log_dir.display()))?;
     let bus: Arc<dyn Bus> = EmbeddedBus::new(log.clone()).into_shared();
-    let config = IngestConfig {
-        partitions: args.partitions,
-        body_bytes_max: args.body_bytes_max,
-        decompressed_bytes_max: args.decompressed_bytes_max,
-        in_flight_bytes_max: args.in_flight_bytes_max,
-        udp_db: args.udp_db,
-        connections_max: args.connections_max,
-        header_read_timeout_ms: args.header_read_timeout_ms,
-        body_read_timeout_ms: args.body_read_timeout_ms,
-    };
-    let gateway = Gateway::new(bus, config).await?;
-    let http = TcpListener::bind(args.http)
+    let open = ingest.access.is_open();
+    let gateway = Gateway::new(bus, ingest).await?;
+    let (http_address, udp_address) = (node.http.listen, node.udp.listen);
+    let http = TcpListener::bind(http_address)
         .await
-        .with_context(|| format!("binding HTTP to {}", args.http))?;
-    let udp = UdpSocket::bind(args.udp)
+        .with_context(|| format!("binding HTTP to {http_address}"))?;
+    let udp = UdpSocket::bind(udp_address)
         .await
-        .with_context(|| format!("binding UDP to {}", args.udp))?;
+        .with_context(|| format!("binding UDP to {udp_address}"))?;
     // Scripts and tests read the bound addresses from this first line.
     println!(
         "nublar listening http={} udp={}",
         http.local_addr()?,
         udp.local_addr()?
     );
-    eprintln!(
-        "WARNING: no tokens are configured: anyone who can reach {} or {} can write to any database",
-        http.local_addr()?,
-        udp.local_addr()?
-    );
+    if open {
+        eprintln!(
+            "WARNING: no tokens are configured: anyone who can reach {} or {} can write to any database",
+            http.local_addr()?,
+            udp.local_addr()?
+        );
+    }
 
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (stop_udp, udp_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -126,7 +162,8 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
     gateway.start_draining();
     let _ = stop_udp.send(());
     let _ = stop_http.send(());
-    let drained = tokio::time::timeout(Duration::from_secs(args.drain_seconds), async {
+    let drain_seconds = node.http.drain_seconds;
+    let drained = tokio::time::timeout(Duration::from_secs(drain_seconds), async {
         let _ = http_task.await;
         let _ = udp_task.await;
     })
@@ -134,7 +171,7 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
     if drained.is_err() {
         eprintln!(
             "drain time of {} s passed with requests still in flight",
-            args.drain_seconds
+            drain_seconds
         );
     }
     tokio::task::spawn_blocking(move || log.close())

@@ -14,6 +14,10 @@ struct Node {
 
 impl Node {
     fn start(data: &Path, http: &str) -> Node {
+        Node::start_with(data, http, &[])
+    }
+
+    fn start_with(data: &Path, http: &str, extra: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nublar"))
             .args([
                 "serve",
@@ -25,6 +29,7 @@ impl Node {
                 "127.0.0.1:0",
             ])
             .args(["--partitions", "2"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -145,5 +150,52 @@ fn a_retry_after_a_crash_and_restart_stores_no_second_copy() {
         stored_records(data.path()),
         2,
         "the retried batch is stored once"
+    );
+}
+
+#[test]
+fn a_configuration_file_sets_tokens_and_flags_override_it() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("nublar.toml");
+    std::fs::write(
+        &config,
+        "[http]\nlisten = \"127.0.0.1:1\"\n\n[[access.tokens]]\nname = \"ops\"\nsecret = \"t0k3n\"\nscopes = [\"write:park\"]\n",
+    )
+    .unwrap();
+    // The flag's ephemeral port wins over the file's port 1.
+    let mut node = Node::start_with(
+        data.path(),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_ne!(node.http.port(), 1);
+    assert_eq!(
+        post(node.http, "/api/v2/write?bucket=park", &[], "m f=1 1\n").0,
+        401
+    );
+    let token = [("Authorization", "Token t0k3n")];
+    assert_eq!(
+        post(node.http, "/api/v2/write?bucket=park", &token, "m f=1 1\n").0,
+        204
+    );
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(20)).success());
+
+    std::fs::write(&config, "[http]\nlisten_on = \"127.0.0.1:0\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_nublar"))
+        .args([
+            "serve",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("listen_on") && error.contains("nublar.toml"),
+        "{error}"
     );
 }
