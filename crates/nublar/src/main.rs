@@ -4,6 +4,7 @@ mod bench;
 mod config;
 mod log_command;
 mod serve;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ struct Cli {
 enum Command {
     /// Run a node: the commit log and the ingest gateway (HTTP and UDP).
     Serve(serve::ServeArgs),
+    /// Simulate a park: write its events to a file or send them to nodes.
+    Sim(sim::SimArgs),
     /// Look inside the commit log of a data directory no node owns.
     #[command(subcommand)]
     Log(log_command::LogCommand),
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(&cli.data, args),
+        Command::Sim(args) => sim::run(args),
         Command::Log(command) => log_command::run(&cli.data, command),
         Command::Bench(command) => bench::run(command),
     };

@@ -199,3 +199,66 @@ fn a_configuration_file_sets_tokens_and_flags_override_it() {
         "{error}"
     );
 }
+
+#[test]
+fn the_simulator_writes_files_and_sends_to_a_node_over_http() {
+    let data = tempfile::tempdir().unwrap();
+    let park = data.path().join("park.geojson");
+    let lines = data.path().join("lines.lp");
+    let sim = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_nublar"))
+            .arg("sim")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    sim(&["--park-out", park.to_str().unwrap(), "--sensors", "200"]);
+    let geojson: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&park).unwrap()).unwrap();
+    assert_eq!(geojson["type"], "FeatureCollection");
+    sim(&[
+        "--park",
+        park.to_str().unwrap(),
+        "--out",
+        lines.to_str().unwrap(),
+        "--events",
+        "1000",
+    ]);
+    let text = std::fs::read_to_string(&lines).unwrap();
+    assert_eq!(text.lines().count(), 1000);
+    let parsed = nublar_model::parse_lines(
+        text.as_bytes(),
+        nublar_model::Precision::Ns,
+        Default::default(),
+    );
+    assert!(parsed.into_iter().all(|(_, line)| line.is_ok()));
+
+    let mut node = Node::start(data.path(), "127.0.0.1:0");
+    let target = format!("http://{}", node.http);
+    let summary = sim(&[
+        "--target",
+        &target,
+        "--rate",
+        "0",
+        "--events",
+        "20000",
+        "--batch",
+        "1000",
+        "--unique-field",
+        "uid",
+    ]);
+    assert!(
+        summary.contains("20000 events sent, 20000 acknowledged"),
+        "{summary}"
+    );
+    assert!(summary.contains("errors: none"), "{summary}");
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(20)).success());
+    assert_eq!(stored_records(data.path()), 20000);
+}
