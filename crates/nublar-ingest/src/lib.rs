@@ -10,10 +10,31 @@
 //! address; IPv4-mapped IPv6 shown as IPv4) and, when the client sent an
 //! `Idempotency-Key`, the batch key `<db>/<key>`. Whether the lake sink keeps
 //! this format or a binary one is decided when the sink is measured.
+//!
+//! The schema registry (`schema.rs`): topic `_schemas`, one partition, no
+//! retention, one JSON record per column the first time a database's
+//! measurement uses it, `{"db","measurement","column","kind":"tag"|"field",
+//! "type"}` (`type` for fields only: `float`, `integer`, `unsigned`,
+//! `boolean` or `string`); the first record for a column in log order wins.
+//! The gateway rebuilds its cache from it at start-up and registers a
+//! request's new columns before appending the request's batch, so every
+//! stored line fits the registry. Lines that conflict with it are rejected
+//! like lines that do not parse (`field_type_conflict`,
+//! `column_kind_conflict`, and `too_many_columns` past the registry's bound,
+//! `SCHEMA_COLUMNS_MAX` in `limits.rs`).
+//!
+//! Dead letters (`dead_letters.rs`): topic `_dead_letters`, one partition,
+//! one JSON record per rejected line, `{"db","line_number","reason",
+//! "message","raw","sender","received_ns"}`, appended after the request's
+//! batch, bounded per request and per sender per second (the rest counted in
+//! `nublar_ingest_dead_letters_dropped_total`). Requests refused before
+//! parsing (401, 403, 413, …) leave none: they are only counted.
 
 mod auth;
+mod dead_letters;
 mod limits;
 mod metrics;
+mod schema;
 mod write;
 
 use std::net::{IpAddr, SocketAddr};
@@ -32,8 +53,10 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 
 pub use auth::{AccessConfig, Denied, Prefix, Scope, Token};
+pub use dead_letters::DEAD_LETTERS_TOPIC;
 pub use limits::IngestConfig;
 pub use metrics::Metrics;
+pub use schema::{ColumnKind, SCHEMAS_TOPIC};
 use write::{Dialect, WriteRequest};
 
 /// The topic every accepted request lands in.
@@ -52,18 +75,23 @@ struct Inner {
     in_flight: Semaphore,
     draining: AtomicBool,
     metrics: Metrics,
+    schemas: schema::SchemaRegistry,
+    dead_letter_buckets: dead_letters::SenderBuckets,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("the telemetry topic could not be created: {0}")]
+    #[error("a topic could not be created: {0}")]
     Topic(nublar_bus::BusError),
+    #[error("the schema registry could not be read: {0}")]
+    Schemas(nublar_bus::BusError),
     #[error("invalid configuration: {0}")]
     Config(String),
 }
 
 impl Gateway {
-    /// Creates the telemetry topic if needed. Nothing listens yet.
+    /// Creates the telemetry, `_schemas` and `_dead_letters` topics if needed
+    /// and reads the schema registry from the bus. Nothing listens yet.
     pub async fn new(bus: Arc<dyn Bus>, config: IngestConfig) -> Result<Gateway, StartError> {
         config.validate().map_err(StartError::Config)?;
         let topic = TopicConfig::with_partitions(config.partitions);
@@ -74,6 +102,12 @@ impl Gateway {
             .partitions(TELEMETRY_TOPIC)
             .await
             .map_err(StartError::Topic)?;
+        bus.ensure_topic(DEAD_LETTERS_TOPIC, dead_letters::topic_config())
+            .await
+            .map_err(StartError::Topic)?;
+        let schemas = schema::SchemaRegistry::open(bus.as_ref(), limits::SCHEMA_COLUMNS_MAX)
+            .await
+            .map_err(StartError::Schemas)?;
         let permits = config.in_flight_bytes_max.div_ceil(limits::PERMIT_BYTES);
         Ok(Gateway {
             inner: Arc::new(Inner {
@@ -82,6 +116,8 @@ impl Gateway {
                 in_flight: Semaphore::new(permits),
                 draining: AtomicBool::new(false),
                 metrics: Metrics::default(),
+                schemas,
+                dead_letter_buckets: dead_letters::SenderBuckets::new(),
                 config,
             }),
         })

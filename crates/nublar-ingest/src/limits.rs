@@ -20,10 +20,24 @@ pub const CONNECTIONS_DEFAULT: usize = 4096;
 /// on a kept-alive connection), and this long for its body.
 pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Columns the schema registry holds, over all databases and measurements
+/// (about 100 bytes each in memory); past it a line introducing a new column
+/// is rejected (`too_many_columns`). A constant rather than an option: it
+/// bounds memory, and a deployment that needs more has a schema problem.
+pub const SCHEMA_COLUMNS_MAX: usize = 100_000;
+/// Rejected lines kept as dead letters per request; the rest are counted.
+pub const DEAD_LETTERS_PER_REQUEST_MAX: usize = 100;
+/// Dead letters kept per sender address per second (a token bucket of this
+/// size, refilled at this rate); the rest are counted.
+pub const DEAD_LETTERS_PER_SENDER_PER_SECOND: usize = 1000;
+/// Sender addresses whose dead letter buckets are tracked at once.
+pub const DEAD_LETTER_SENDERS_MAX: usize = 10_000;
 /// What a client is told to wait before retrying when the gateway is full.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 const _: () = assert!(BODY_BYTES_DEFAULT <= DECOMPRESSED_BYTES_DEFAULT);
+// Dead letters are taken from the lines a response details.
+const _: () = assert!(DEAD_LETTERS_PER_REQUEST_MAX <= REJECTED_LINES_REPORTED_MAX);
 const _: () = assert!(DECOMPRESSED_BYTES_DEFAULT <= IN_FLIGHT_BYTES_DEFAULT);
 // `<db>/<key>` must fit the log's batch key limit.
 const _: () = assert!(

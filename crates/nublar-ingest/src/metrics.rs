@@ -14,6 +14,8 @@ pub struct Metrics {
     received_bytes_total: AtomicU64,
     udp_dropped_total: AtomicU64,
     refused_connections_total: AtomicU64,
+    dead_letters_total: AtomicU64,
+    dead_letters_dropped_total: AtomicU64,
 }
 
 impl Metrics {
@@ -49,6 +51,23 @@ impl Metrics {
         self.udp_dropped_total.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Dead letters stored, and rejected lines not stored as dead letters
+    /// (past a bound, or because the append failed).
+    pub fn count_dead_letters(&self, stored: usize, dropped: usize) {
+        self.dead_letters_total
+            .fetch_add(stored as u64, Ordering::Relaxed);
+        self.dead_letters_dropped_total
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+
+    pub fn dead_letters_total(&self) -> u64 {
+        self.dead_letters_total.load(Ordering::Relaxed)
+    }
+
+    pub fn dead_letters_dropped_total(&self) -> u64 {
+        self.dead_letters_dropped_total.load(Ordering::Relaxed)
+    }
+
     pub fn accepted_lines_total(&self) -> u64 {
         self.accepted_lines_total.load(Ordering::Relaxed)
     }
@@ -81,6 +100,15 @@ impl Metrics {
                 "nublar_ingest_rejected_lines_total{{reason=\"{reason}\"}} {count}"
             );
         }
+        let _ = writeln!(out, "# TYPE nublar_ingest_dead_letters_total counter");
+        let stored = self.dead_letters_total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "nublar_ingest_dead_letters_total {stored}");
+        let _ = writeln!(
+            out,
+            "# TYPE nublar_ingest_dead_letters_dropped_total counter"
+        );
+        let dropped = self.dead_letters_dropped_total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "nublar_ingest_dead_letters_dropped_total {dropped}");
         let _ = writeln!(out, "# TYPE nublar_ingest_received_bytes_total counter");
         let bytes = self.received_bytes_total.load(Ordering::Relaxed);
         let _ = writeln!(out, "nublar_ingest_received_bytes_total {bytes}");

@@ -17,7 +17,7 @@ use crate::limits::{
     DATABASE_NAME_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX, PERMIT_BYTES, REJECTED_LINES_REPORTED_MAX,
     RETRY_AFTER_SECONDS,
 };
-use crate::{Inner, TELEMETRY_TOPIC};
+use crate::{Inner, TELEMETRY_TOPIC, dead_letters};
 
 /// Which API's error shapes a response uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +46,8 @@ pub(crate) struct WriteRequest {
 
 pub(crate) struct Rejected {
     pub line_number: usize,
+    /// The metric label and dead letter reason.
+    pub reason: &'static str,
     pub original_line: String,
     pub message: String,
 }
@@ -283,17 +285,14 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
         PrecisionChoice::Fixed(precision) => precision,
         PrecisionChoice::Auto => Precision::Ns,
     };
-    let mut builder = BatchBuilder::with_capacity(Compression::Lz4, request.body.len() + 1024);
-    if let Some(key) = &request.idempotency_key {
-        builder = builder
-            .batch_key(&format!("{}/{}", request.db, key))
-            .expect("database and key lengths are bounded to fit a batch key");
-    }
     let sender = request.sender.to_string();
-    let mut line_buffer = Vec::with_capacity(256);
     let mut rejected = Vec::new();
     let mut rejected_total = 0;
     let mut rejected_by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // Parse everything first: the schema check needs every line of the
+    // request (the first line introducing a column decides its type), and
+    // the lines borrow from the body, so keeping them costs no copy.
+    let mut lines = Vec::new();
     for (line_number, parsed) in parse_lines(&request.body, parse_precision, ParseLimits::default())
     {
         let mut line = match parsed {
@@ -304,6 +303,7 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
                 if rejected.len() < REJECTED_LINES_REPORTED_MAX {
                     rejected.push(Rejected {
                         line_number,
+                        reason: error.kind().name(),
                         original_line: error.original_line(&request.body).into_owned(),
                         message: error.to_string(),
                     });
@@ -323,6 +323,7 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
                     if rejected.len() < REJECTED_LINES_REPORTED_MAX {
                         rejected.push(Rejected {
                             line_number,
+                            reason: "timestamp_out_of_range",
                             original_line: physical_line(&request.body, line_number),
                             message: format!("timestamp {raw} is out of range"),
                         });
@@ -332,28 +333,89 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
             },
             (Some(ns), PrecisionChoice::Fixed(_)) => ns,
         });
-        line_buffer.clear();
-        write_line(&line, &mut line_buffer);
-        let value = line_buffer.strip_suffix(b"\n").unwrap_or(&line_buffer);
-        if builder.is_empty() {
-            builder.push(
-                None,
-                value,
-                &[("db", request.db.as_bytes()), ("sender", sender.as_bytes())],
-            );
-        } else {
-            builder.push(None, value, &[]);
+        lines.push((line_number, line));
+    }
+
+    // An all-or-nothing request that already failed registers nothing, but
+    // its answer still lists the lines that conflict with the schema.
+    let all_or_nothing = !request.accept_partial;
+    let conflicts = if all_or_nothing && rejected_total > 0 {
+        inner.schemas.check_only(&request.db, &lines)
+    } else {
+        inner
+            .schemas
+            .check_and_register(inner.bus.as_ref(), &request.db, &lines, all_or_nothing)
+            .await
+            .map_err(bus_failure)?
+    };
+    let mut schema_rejected = Vec::new();
+    for conflict in &conflicts {
+        rejected_total += 1;
+        *rejected_by_reason.entry(conflict.reason).or_default() += 1;
+        if schema_rejected.len() < REJECTED_LINES_REPORTED_MAX {
+            schema_rejected.push((lines[conflict.index].0, conflict.reason, conflict.message()));
         }
     }
-    let all_or_nothing_failed = rejected_total > 0 && !request.accept_partial;
-    let accepted = if all_or_nothing_failed {
-        0
-    } else {
-        builder.len()
-    };
+    if !schema_rejected.is_empty() {
+        // Both lists are in line order and each holds its first lines, so
+        // the first lines of the merged list are the first lines overall.
+        let originals = physical_lines(&request.body, schema_rejected.iter().map(|(n, _, _)| *n));
+        rejected.extend(schema_rejected.into_iter().zip(originals).map(
+            |((line_number, reason, message), original_line)| Rejected {
+                line_number,
+                reason,
+                original_line,
+                message,
+            },
+        ));
+        rejected.sort_by_key(|rejected| rejected.line_number);
+        rejected.truncate(REJECTED_LINES_REPORTED_MAX);
+    }
+
+    let all_or_nothing_failed = rejected_total > 0 && all_or_nothing;
+    let mut builder = BatchBuilder::with_capacity(Compression::Lz4, request.body.len() + 1024);
+    if let Some(key) = &request.idempotency_key {
+        builder = builder
+            .batch_key(&format!("{}/{}", request.db, key))
+            .expect("database and key lengths are bounded to fit a batch key");
+    }
+    if !all_or_nothing_failed {
+        let mut line_buffer = Vec::with_capacity(256);
+        let mut conflicts = conflicts.iter().map(|conflict| conflict.index).peekable();
+        for (index, (_, line)) in lines.iter().enumerate() {
+            if conflicts.next_if_eq(&index).is_some() {
+                continue;
+            }
+            line_buffer.clear();
+            write_line(line, &mut line_buffer);
+            let value = line_buffer.strip_suffix(b"\n").unwrap_or(&line_buffer);
+            if builder.is_empty() {
+                builder.push(
+                    None,
+                    value,
+                    &[("db", request.db.as_bytes()), ("sender", sender.as_bytes())],
+                );
+            } else {
+                builder.push(None, value, &[]);
+            }
+        }
+    }
+    let accepted = builder.len();
     inner.metrics.count_lines(accepted, &rejected_by_reason);
 
+    let batch_key = request
+        .idempotency_key
+        .as_ref()
+        .map(|key| format!("{}/{}", request.db, key));
+    let origin = || dead_letters::Origin {
+        db: &request.db,
+        sender: request.sender,
+        sender_text: &sender,
+        received_ns,
+        batch_key: batch_key.as_deref(),
+    };
     if all_or_nothing_failed {
+        dead_letters::append(inner, origin(), &rejected, rejected_total).await;
         return Err(WriteFailure {
             status: StatusCode::BAD_REQUEST,
             message: "parsing failed for write_lp endpoint".into(),
@@ -378,6 +440,9 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
         }
     }
     if rejected_total > 0 {
+        // Only once the data are stored: a request that failed to store is
+        // retried, and its dead letters would be kept twice.
+        dead_letters::append(inner, origin(), &rejected, rejected_total).await;
         return Err(WriteFailure {
             status: StatusCode::BAD_REQUEST,
             message: "partial write of line protocol occurred".into(),
@@ -387,6 +452,20 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
         });
     }
     Ok(())
+}
+
+/// The lines numbered `numbers` (1-based, ascending) of the body, in one
+/// pass over it.
+fn physical_lines(body: &[u8], numbers: impl Iterator<Item = usize>) -> Vec<String> {
+    let mut lines = body.split(|&byte| byte == b'\n').enumerate();
+    numbers
+        .map(|number| {
+            let line = lines
+                .find(|(index, _)| index + 1 == number)
+                .map_or(&[][..], |(_, line)| line);
+            String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned()
+        })
+        .collect()
 }
 
 /// Line `number` (1-based, as the parser counts) of the body, for an error

@@ -24,6 +24,9 @@ pub enum BenchCommand {
     LogOpen(LogOpenArgs),
     /// Line protocol parsing with full validation on one core.
     Parse(ParseArgs),
+    /// BFD sessions between two nublar processes on loopback address pairs: CPU per side and
+    /// whether any session falsely goes Down.
+    BfdSessions(crate::bench_bfd::BfdSessionsArgs),
 }
 
 #[derive(Args)]
@@ -81,6 +84,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Log(args) => log_bench(args),
         BenchCommand::LogOpen(args) => log_open_bench(args),
+        BenchCommand::BfdSessions(args) => crate::bench_bfd::run(args),
         BenchCommand::Parse(args) => {
             println!("{}", machine_line());
             let report = nublar_model::bench::parse_throughput(args.lines, args.seconds);

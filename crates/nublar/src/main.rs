@@ -1,6 +1,7 @@
 //! The `nublar` command: one binary for every role.
 
 mod bench;
+mod bench_bfd;
 mod config;
 mod log_command;
 mod serve;

@@ -210,3 +210,48 @@ fn the_log_benchmark_runs_and_cleans_up() {
     assert!(open.contains("open of a cleanly closed"), "{open}");
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
+
+/// The BFD sessions benchmark with tiny parameters: two processes bring every session Up, keep
+/// them Up through the window, and report CPU per side; the second process is gone afterwards.
+#[test]
+fn the_bfd_sessions_benchmark_runs_two_processes_without_a_false_down() {
+    let output = nublar(&[
+        "bench",
+        "bfd-sessions",
+        "--sessions",
+        "20",
+        "--seconds",
+        "1",
+    ]);
+    let text = stdout(&output);
+    assert!(text.starts_with("machine: "), "{text}");
+    assert!(text.contains("all 20 sessions Up on both sides"), "{text}");
+    for side in ["side A (this process): ", "side B (second process): "] {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(side))
+            .unwrap_or_else(|| panic!("no line for {side}: {text}"));
+        assert!(
+            line.contains("Up 20/20 at start, 20/20 at end, 0 changes to Down, 0 events missed"),
+            "{line}"
+        );
+        assert!(
+            line.contains(", 0 transmit errors, 0 dropped, CPU "),
+            "{line}"
+        );
+        assert!(
+            line.contains("% of one core (user ") && line.contains("%, system "),
+            "{line}"
+        );
+    }
+    assert!(text.contains("result: no false Down; CPU A "), "{text}");
+    let second_pid = text
+        .split(" B pid ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no pid of the second process: {text}"));
+    assert!(
+        !Path::new(&format!("/proc/{second_pid}")).exists(),
+        "the second process {second_pid} outlived the benchmark"
+    );
+}
