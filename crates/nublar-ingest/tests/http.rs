@@ -1,119 +1,17 @@
 //! The gateway over real sockets on 127.0.0.1 and ::1, as InfluxDB clients
 //! and curl use it.
 
+mod common;
+
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use nublar_bus::{Bus, EmbeddedBus, Start};
-use nublar_ingest::{Gateway, IngestConfig, TELEMETRY_TOPIC};
-use nublar_log::Log;
+use common::{Node, Reply, node, node_on, request};
+
+use nublar_bus::{Bus, Start};
+use nublar_ingest::{IngestConfig, TELEMETRY_TOPIC};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-
-struct Node {
-    http: SocketAddr,
-    bus: Arc<dyn Bus>,
-    gateway: Gateway,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn node_on(bind: &str, config: IngestConfig) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let bus: Arc<dyn Bus> = EmbeddedBus::new(Log::open(dir.path()).unwrap()).into_shared();
-    let gateway = Gateway::new(bus.clone(), config).await.unwrap();
-    let listener = TcpListener::bind(bind).await.unwrap();
-    let http = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = gateway.clone();
-    tokio::spawn(async move {
-        serving
-            .serve_http(listener, async move { stopped.await.unwrap_or(()) })
-            .await
-            .unwrap();
-    });
-    Node {
-        http,
-        bus,
-        gateway,
-        _dir: dir,
-        _stop: stop,
-    }
-}
-
-async fn node() -> Node {
-    node_on(
-        "127.0.0.1:0",
-        IngestConfig {
-            partitions: 2,
-            ..IngestConfig::default()
-        },
-    )
-    .await
-}
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// A plain HTTP/1.1 exchange, as curl would make it.
-async fn request(
-    address: SocketAddr,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    let mut head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
+use tokio::net::{TcpStream, UdpSocket};
 
 async fn write(node: &Node, target: &str, body: &str) -> Reply {
     request(node.http, "POST", target, &[], body.as_bytes()).await

@@ -2,114 +2,31 @@
 //! within requests, the registry kept on the bus (one record per column, and
 //! the same verdicts after a restart), and all-or-nothing requests.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use nublar_bus::{Bus, EmbeddedBus, Start};
-use nublar_ingest::{Gateway, IngestConfig, SCHEMAS_TOPIC, TELEMETRY_TOPIC};
-use nublar_log::Log;
+use common::{Node, Reply, request, topic_values};
+
+use nublar_ingest::{IngestConfig, SCHEMAS_TOPIC, TELEMETRY_TOPIC};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-struct Node {
-    http: SocketAddr,
-    bus: Arc<dyn Bus>,
-    gateway: Gateway,
-    stop: tokio::sync::oneshot::Sender<()>,
-    serving: tokio::task::JoinHandle<()>,
-}
-
-/// A node on the log in `dir` (opened, or reopened after a stop).
+/// A node on the log in `dir` (opened, or reopened after a shut-down).
 async fn start(dir: &Path) -> Node {
-    let bus: Arc<dyn Bus> = EmbeddedBus::new(Log::open(dir).unwrap()).into_shared();
-    let config = IngestConfig {
-        partitions: 2,
-        ..IngestConfig::default()
-    };
-    let gateway = Gateway::new(bus.clone(), config).await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = gateway.clone();
-    let serving = tokio::spawn(async move {
-        serving
-            .serve_http(listener, async move { stopped.await.unwrap_or(()) })
-            .await
-            .unwrap();
-    });
-    Node {
-        http,
-        bus,
-        gateway,
-        stop,
-        serving,
-    }
-}
-
-/// Stops serving and drops every handle on the log, so it can be reopened.
-async fn shut_down(node: Node) {
-    let Node {
-        bus,
-        gateway,
-        stop,
-        serving,
-        ..
-    } = node;
-    stop.send(()).unwrap();
-    serving.await.unwrap();
-    drop(gateway);
-    drop(bus);
-}
-
-struct Reply {
-    status: u16,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
-    }
-
-    /// The v3 `data` entries as (line number, error message).
-    fn rejected(&self) -> Vec<(u64, String)> {
-        self.json()["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|entry| {
-                (
-                    entry["line_number"].as_u64().unwrap(),
-                    entry["error_message"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    }
-}
-
-async fn request(address: SocketAddr, method: &str, target: &str, body: &[u8]) -> Reply {
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    Reply {
-        status,
-        body: body.to_owned(),
-    }
+    common::start_in(
+        dir,
+        "127.0.0.1:0",
+        IngestConfig {
+            partitions: 2,
+            ..IngestConfig::default()
+        },
+    )
+    .await
 }
 
 async fn write(node: &Node, target: &str, body: &str) -> Reply {
-    request(node.http, "POST", target, body.as_bytes()).await
+    request(node.http, "POST", target, &[], body.as_bytes()).await
 }
 
 async fn write_v3(node: &Node, db: &str, body: &str) -> Reply {
@@ -121,31 +38,14 @@ async fn write_v3(node: &Node, db: &str, body: &str) -> Reply {
     .await
 }
 
-/// Every record value of a topic, over all its partitions.
-async fn values(bus: &Arc<dyn Bus>, topic: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for partition in 0..bus.partitions(topic).await.unwrap() {
-        let batches = bus
-            .read(topic, partition, Start::Offset(0), 1 << 24)
-            .await
-            .unwrap();
-        for view in batches.iter() {
-            for record in view.records().unwrap().iter() {
-                out.push(String::from_utf8(record.unwrap().value.to_vec()).unwrap());
-            }
-        }
-    }
-    out
-}
-
 async fn stored(node: &Node) -> Vec<String> {
-    let mut lines = values(&node.bus, TELEMETRY_TOPIC).await;
+    let mut lines = topic_values(&node.bus, TELEMETRY_TOPIC).await;
     lines.sort();
     lines
 }
 
 async fn registrations(node: &Node) -> Vec<Value> {
-    values(&node.bus, SCHEMAS_TOPIC)
+    topic_values(&node.bus, SCHEMAS_TOPIC)
         .await
         .iter()
         .map(|value| serde_json::from_str(value).unwrap())
@@ -209,7 +109,7 @@ async fn a_type_conflict_across_requests_is_rejected_with_a_clear_reason_and_cou
     // Counted by reason, in the API and in /metrics.
     let metrics = node.gateway.metrics();
     assert_eq!(metrics.rejected_lines_total("field_type_conflict"), 2);
-    let text = request(node.http, "GET", "/metrics", b"").await.body;
+    let text = request(node.http, "GET", "/metrics", &[], b"").await.body;
     assert!(
         text.contains("nublar_ingest_rejected_lines_total{reason=\"field_type_conflict\"} 2"),
         "{text}"
@@ -218,7 +118,7 @@ async fn a_type_conflict_across_requests_is_rejected_with_a_clear_reason_and_cou
     // Schemas are per database: another database may use another type.
     let reply = write_v3(&node, "zoo", "weather,station=ws-1 temp_c=21i 5\n").await;
     assert_eq!(reply.status, 204, "{}", reply.body);
-    shut_down(node).await;
+    node.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +157,7 @@ async fn within_one_request_the_first_line_decides() {
         json!({"db": "park", "measurement": "fence", "column": "volt", "kind": "field",
                "type": "float"})
     );
-    shut_down(node).await;
+    node.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +205,7 @@ async fn a_key_cannot_be_a_tag_in_one_line_and_a_field_in_another() {
         2
     );
     assert_eq!(stored(&node).await, ["collar,animal=rex bpm=60i 1"]);
-    shut_down(node).await;
+    node.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,7 +219,7 @@ async fn the_registry_survives_a_restart() {
     )
     .await;
     assert_eq!(reply.status, 204, "{}", reply.body);
-    shut_down(node).await;
+    node.shut_down().await;
 
     let node = start(dir.path()).await;
     let reply = write_v3(
@@ -344,7 +244,7 @@ async fn the_registry_survives_a_restart() {
             "weather,station=ws-1 temp_c=20.5,wind=3u 1"
         ]
     );
-    shut_down(node).await;
+    node.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,7 +297,7 @@ async fn schemas_holds_exactly_one_record_per_column() {
     );
     assert_eq!(stored(&node).await.len(), 17);
     let node = Arc::into_inner(node).unwrap();
-    shut_down(node).await;
+    node.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,5 +345,5 @@ async fn an_all_or_nothing_request_with_a_conflict_stores_and_registers_nothing(
     .await;
     assert_eq!(reply.status, 204, "{}", reply.body);
     assert_eq!(registrations(&node).await.len(), 5);
-    shut_down(node).await;
+    node.shut_down().await;
 }
