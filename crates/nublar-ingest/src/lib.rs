@@ -137,6 +137,7 @@ impl Gateway {
         Router::new()
             .route("/api/v2/write", post(write_v2))
             .route("/api/v3/write_lp", post(write_v3))
+            .route("/api/v1/events", post(write_events))
             .route("/health", get(health))
             .route("/ready", get(ready))
             .route("/metrics", get(metrics_text))
@@ -221,6 +222,7 @@ impl Gateway {
                 continue;
             };
             let request = WriteRequest {
+                payload: write::Payload::LineProtocol,
                 db: self.inner.config.udp_db.clone(),
                 body: buffer[..length].to_vec(),
                 precision: write::PrecisionChoice::Fixed(nublar_model::Precision::Ns),
@@ -356,6 +358,45 @@ fn precision_choice(
                 write::error_response(dialect, StatusCode::BAD_REQUEST, &message)
             }),
     }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    db: Option<String>,
+    accept_partial: Option<String>,
+}
+
+async fn write_events(
+    State(gateway): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let dialect = Dialect::Events;
+    let Some(db) = query.db else {
+        return write::error_response(dialect, StatusCode::BAD_REQUEST, "db is required");
+    };
+    let accept_partial = match query.accept_partial.as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            let message = format!("invalid accept_partial {other:?}: expected true or false");
+            return write::error_response(dialect, StatusCode::BAD_REQUEST, &message);
+        }
+    };
+    let precision = write::PrecisionChoice::Fixed(nublar_model::Precision::Ns);
+    write::respond(
+        &gateway.inner,
+        dialect,
+        db,
+        precision,
+        accept_partial,
+        peer,
+        headers,
+        body,
+    )
+    .await
 }
 
 async fn health() -> &'static str {

@@ -192,6 +192,21 @@ impl SchemaRegistry {
         Ok(self.check(db, lines, false).conflicts)
     }
 
+    /// The type a field is known to have, for decoders that must choose
+    /// between types (a JSON number: integer or float).
+    pub(crate) fn known_field_type(
+        &self,
+        db: &str,
+        measurement: &str,
+        field: &str,
+    ) -> Option<nublar_model::FieldType> {
+        let known = self.known.read().unwrap();
+        match known.databases.get(db)?.get(measurement)?.get(field)? {
+            ColumnKind::Field(field_type) => Some(*field_type),
+            ColumnKind::Tag => None,
+        }
+    }
+
     /// The lines that do not fit the schema as known now, registering
     /// nothing: for a request that stores nothing anyway.
     pub(crate) fn check_only<'a>(

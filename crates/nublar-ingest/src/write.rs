@@ -26,6 +26,16 @@ pub(crate) enum Dialect {
     V2,
     /// InfluxDB 3: `{"error": …, "data": [{original_line, line_number, error_message}]}`.
     V3,
+    /// nublar's JSON events: `{"code": …, "message": …, "errors": [{event, error_message, original_event}]}`.
+    Events,
+}
+
+/// What the body holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Payload {
+    LineProtocol,
+    /// A JSON array or NDJSON of events.
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +46,7 @@ pub(crate) enum PrecisionChoice {
 }
 
 pub(crate) struct WriteRequest {
+    pub payload: Payload,
     pub db: String,
     pub body: Vec<u8>,
     pub precision: PrecisionChoice,
@@ -106,6 +117,12 @@ pub(crate) async fn respond(
     let endpoint = match dialect {
         Dialect::V2 => "/api/v2/write",
         Dialect::V3 => "/api/v3/write_lp",
+        Dialect::Events => "/api/v1/events",
+    };
+    let payload = if dialect == Dialect::Events {
+        Payload::Json
+    } else {
+        Payload::LineProtocol
     };
     let access = &inner.config.access;
     let sender = access.client_address(peer.ip(), &headers);
@@ -157,6 +174,7 @@ pub(crate) async fn respond(
                     }
                 };
                 let request = WriteRequest {
+                    payload,
                     db,
                     body,
                     precision,
@@ -289,52 +307,91 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
     let mut rejected = Vec::new();
     let mut rejected_total = 0;
     let mut rejected_by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
-    // Parse everything first: the schema check needs every line of the
+    // Decode everything first: the schema check needs every line of the
     // request (the first line introducing a column decides its type), and
-    // the lines borrow from the body, so keeping them costs no copy.
+    // parsed lines borrow from the body, so keeping them costs no copy.
     let mut lines = Vec::new();
-    for (line_number, parsed) in parse_lines(&request.body, parse_precision, ParseLimits::default())
-    {
-        let mut line = match parsed {
-            Ok(line) => line,
-            Err(error) => {
-                rejected_total += 1;
-                *rejected_by_reason.entry(error.kind().name()).or_default() += 1;
-                if rejected.len() < REJECTED_LINES_REPORTED_MAX {
-                    rejected.push(Rejected {
-                        line_number,
-                        reason: error.kind().name(),
-                        original_line: error.original_line(&request.body).into_owned(),
-                        message: error.to_string(),
-                    });
-                }
-                continue;
+    let json_originals;
+    let mut reject =
+        |line_number: usize, reason: &'static str, original: String, message: String| {
+            rejected_total += 1;
+            *rejected_by_reason.entry(reason).or_default() += 1;
+            if rejected.len() < REJECTED_LINES_REPORTED_MAX {
+                rejected.push(Rejected {
+                    line_number,
+                    reason,
+                    original_line: original,
+                    message,
+                });
             }
         };
-        line.timestamp_ns = Some(match (line.timestamp_ns, request.precision) {
-            (None, _) => received_ns,
-            (Some(raw), PrecisionChoice::Auto) => match auto_precision(raw) {
-                Some(ns) => ns,
-                None => {
-                    rejected_total += 1;
-                    *rejected_by_reason
-                        .entry("timestamp_out_of_range")
-                        .or_default() += 1;
-                    if rejected.len() < REJECTED_LINES_REPORTED_MAX {
-                        rejected.push(Rejected {
+    match request.payload {
+        Payload::LineProtocol => {
+            json_originals = Vec::new();
+            let parsed_lines = parse_lines(&request.body, parse_precision, ParseLimits::default());
+            for (line_number, parsed) in parsed_lines {
+                let mut line = match parsed {
+                    Ok(line) => line,
+                    Err(error) => {
+                        let original = error.original_line(&request.body).into_owned();
+                        reject(
                             line_number,
-                            reason: "timestamp_out_of_range",
-                            original_line: physical_line(&request.body, line_number),
-                            message: format!("timestamp {raw} is out of range"),
-                        });
+                            error.kind().name(),
+                            original,
+                            error.to_string(),
+                        );
+                        continue;
                     }
-                    continue;
+                };
+                line.timestamp_ns = Some(match (line.timestamp_ns, request.precision) {
+                    (None, _) => received_ns,
+                    (Some(raw), PrecisionChoice::Auto) => match auto_precision(raw) {
+                        Some(ns) => ns,
+                        None => {
+                            let original = physical_line(&request.body, line_number);
+                            let message = format!("timestamp {raw} is out of range");
+                            reject(line_number, "timestamp_out_of_range", original, message);
+                            continue;
+                        }
+                    },
+                    (Some(ns), PrecisionChoice::Fixed(_)) => ns,
+                });
+                lines.push((line_number, line));
+            }
+        }
+        Payload::Json => {
+            let known = |measurement: &str, field: &str| {
+                inner
+                    .schemas
+                    .known_field_type(&request.db, measurement, field)
+            };
+            let events =
+                nublar_model::json::decode_events(&request.body, ParseLimits::default(), known)
+                    .map_err(|message| WriteFailure::plain(StatusCode::BAD_REQUEST, message))?;
+            let mut originals = Vec::with_capacity(events.len());
+            for (number, original, decoded) in events {
+                originals.push(original.clone());
+                match decoded {
+                    Ok(mut event) => {
+                        event.timestamp_ns.get_or_insert(received_ns);
+                        lines.push((number, event));
+                    }
+                    Err(error) => reject(number, error.reason, original, error.message),
                 }
-            },
-            (Some(ns), PrecisionChoice::Fixed(_)) => ns,
-        });
-        lines.push((line_number, line));
+            }
+            json_originals = originals;
+        }
     }
+    // The original text of a line or event rejected after decoding.
+    let originals = |numbers: Vec<usize>| -> Vec<String> {
+        match request.payload {
+            Payload::LineProtocol => physical_lines(&request.body, numbers.into_iter()),
+            Payload::Json => numbers
+                .iter()
+                .map(|&number| json_originals[number - 1].clone())
+                .collect(),
+        }
+    };
 
     // An all-or-nothing request that already failed registers nothing, but
     // its answer still lists the lines that conflict with the schema.
@@ -359,7 +416,12 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
     if !schema_rejected.is_empty() {
         // Both lists are in line order and each holds its first lines, so
         // the first lines of the merged list are the first lines overall.
-        let originals = physical_lines(&request.body, schema_rejected.iter().map(|(n, _, _)| *n));
+        let originals = originals(
+            schema_rejected
+                .iter()
+                .map(|(number, _, _)| *number)
+                .collect(),
+        );
         rejected.extend(schema_rejected.into_iter().zip(originals).map(
             |((line_number, reason, message), original_line)| Rejected {
                 line_number,
@@ -418,7 +480,10 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
         dead_letters::append(inner, origin(), &rejected, rejected_total).await;
         return Err(WriteFailure {
             status: StatusCode::BAD_REQUEST,
-            message: "parsing failed for write_lp endpoint".into(),
+            message: match request.payload {
+                Payload::LineProtocol => "parsing failed for write_lp endpoint".into(),
+                Payload::Json => "no event was stored: some events were rejected".into(),
+            },
             rejected,
             rejected_total,
             retry_after: false,
@@ -445,7 +510,10 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
         dead_letters::append(inner, origin(), &rejected, rejected_total).await;
         return Err(WriteFailure {
             status: StatusCode::BAD_REQUEST,
-            message: "partial write of line protocol occurred".into(),
+            message: match request.payload {
+                Payload::LineProtocol => "partial write of line protocol occurred".into(),
+                Payload::Json => "partial write of events occurred".into(),
+            },
             rejected,
             rejected_total,
             retry_after: false,
@@ -560,6 +628,30 @@ fn failure_response(dialect: Dialect, failure: WriteFailure) -> Response {
                 );
             }
             json!({ "code": code, "message": message })
+        }
+        Dialect::Events => {
+            let errors: Vec<serde_json::Value> = failure
+                .rejected
+                .iter()
+                .map(|rejected| {
+                    json!({
+                        "event": rejected.line_number,
+                        "error_message": rejected.message,
+                        "original_event": rejected.original_line,
+                    })
+                })
+                .collect();
+            let code = if failure.status == StatusCode::BAD_REQUEST {
+                "invalid"
+            } else {
+                "unavailable"
+            };
+            json!({
+                "code": code,
+                "message": failure.message,
+                "rejected": failure.rejected_total,
+                "errors": errors,
+            })
         }
         Dialect::V3 => {
             let data: Vec<serde_json::Value> = failure

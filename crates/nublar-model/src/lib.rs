@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod event;
+pub mod json;
 pub mod limits;
 pub mod line_protocol;
 
