@@ -6,8 +6,53 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Bucket bounds in seconds for the latency histograms: from a fast
+/// page-cache append to a slow disk's sync under load.
+const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A Prometheus histogram: cumulative counts per upper bound, a sum and a count.
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, seconds: f64) {
+        if let Some(at) = LATENCY_BUCKETS_S.iter().position(|&bound| seconds <= bound) {
+            self.buckets[at].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", labels.trim_end_matches(','))
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    request_seconds: Mutex<BTreeMap<&'static str, std::sync::Arc<Histogram>>>,
+    append_seconds: Histogram,
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     accepted_lines_total: AtomicU64,
     rejected_lines: Mutex<BTreeMap<&'static str, u64>>,
@@ -26,6 +71,23 @@ impl Metrics {
             .unwrap()
             .entry((endpoint, status))
             .or_default() += 1;
+    }
+
+    /// How long a write request took, from its arrival to its answer.
+    pub fn observe_request(&self, endpoint: &'static str, seconds: f64) {
+        let histogram = self
+            .request_seconds
+            .lock()
+            .unwrap()
+            .entry(endpoint)
+            .or_default()
+            .clone();
+        histogram.observe(seconds);
+    }
+
+    /// How long the bus took to give a batch its guarantee.
+    pub fn observe_append(&self, seconds: f64) {
+        self.append_seconds.observe(seconds);
     }
 
     pub fn count_lines(&self, accepted: usize, rejected_by_reason: &BTreeMap<&'static str, u64>) {
@@ -90,6 +152,17 @@ impl Metrics {
                 "nublar_http_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {count}"
             );
         }
+        let _ = writeln!(out, "# TYPE nublar_http_request_duration_seconds histogram");
+        for (endpoint, histogram) in self.request_seconds.lock().unwrap().iter() {
+            let labels = format!("endpoint=\"{endpoint}\",");
+            histogram.render(&mut out, "nublar_http_request_duration_seconds", &labels);
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE nublar_ingest_append_duration_seconds histogram"
+        );
+        self.append_seconds
+            .render(&mut out, "nublar_ingest_append_duration_seconds", "");
         let _ = writeln!(out, "# TYPE nublar_ingest_accepted_lines_total counter");
         let accepted = self.accepted_lines_total.load(Ordering::Relaxed);
         let _ = writeln!(out, "nublar_ingest_accepted_lines_total {accepted}");

@@ -114,6 +114,7 @@ pub(crate) async fn respond(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let arrived = std::time::Instant::now();
     let endpoint = match dialect {
         Dialect::V2 => "/api/v2/write",
         Dialect::V3 => "/api/v3/write_lp",
@@ -194,6 +195,9 @@ pub(crate) async fn respond(
     inner
         .metrics
         .count_request(endpoint, response.status().as_u16());
+    inner
+        .metrics
+        .observe_request(endpoint, arrived.elapsed().as_secs_f64());
     response
 }
 
@@ -500,7 +504,12 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
             }
         };
         let partition = partition_for(request.sender, inner.partitions);
-        if let Err(error) = inner.bus.append(TELEMETRY_TOPIC, partition, batch).await {
+        let appending = std::time::Instant::now();
+        let appended = inner.bus.append(TELEMETRY_TOPIC, partition, batch).await;
+        inner
+            .metrics
+            .observe_append(appending.elapsed().as_secs_f64());
+        if let Err(error) = appended {
             return Err(bus_failure(error));
         }
     }

@@ -331,6 +331,19 @@ async fn health_readiness_and_metrics() {
         "{metrics}"
     );
     assert!(
+        metrics
+            .contains("nublar_http_request_duration_seconds_count{endpoint=\"/api/v2/write\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nublar_ingest_append_duration_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nublar_ingest_append_duration_seconds_bucket{le=\"+Inf\"} 1"),
+        "{metrics}"
+    );
+    assert!(
         metrics.contains("nublar_http_requests_total{endpoint=\"/api/v2/write\",status=\"400\"} 1"),
         "{metrics}"
     );
