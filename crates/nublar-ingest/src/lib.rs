@@ -123,6 +123,10 @@ impl Gateway {
         })
     }
 
+    pub fn access(&self) -> &AccessConfig {
+        &self.inner.config.access
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
@@ -153,7 +157,18 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let router = self.router();
+        self.serve_http_with(listener, Router::new(), shutdown).await
+    }
+
+    /// As [`Gateway::serve_http`], with `extra` routes served beside the
+    /// gateway's own (the node's operator API).
+    pub async fn serve_http_with(
+        &self,
+        listener: TcpListener,
+        extra: Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = self.router().merge(extra);
         let config = &self.inner.config;
         let connections = Arc::new(Semaphore::new(config.connections_max));
         let header_timeout = std::time::Duration::from_millis(config.header_read_timeout_ms);

@@ -5,7 +5,6 @@
 //! The one exception is `reclaim`, which exists to change things.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
@@ -50,60 +49,208 @@ pub enum LogCommand {
     Reclaim { topic: String },
 }
 
-pub fn run(data: &Path, command: LogCommand) -> anyhow::Result<()> {
+/// `nublar log [--token T] …`
+#[derive(clap::Args)]
+pub struct LogArgs {
+    /// Admin token, for asking a running node (`Authorization: Token …`).
+    #[arg(long, env = "NUBLAR_TOKEN")]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: LogCommand,
+}
+
+/// How the node's operator API parses what a client sends: the same
+/// subcommands as on the command line.
+#[derive(clap::Parser)]
+#[command(name = "log")]
+pub struct RemoteLogCommand {
+    #[command(subcommand)]
+    pub command: LogCommand,
+}
+
+/// The file a running node writes beside its log, saying where to ask it.
+pub const NODE_FILE: &str = "node.json";
+
+pub fn run(data: &Path, args: LogArgs) -> anyhow::Result<()> {
     let dir = data.join("log");
+    let command = args.command;
+    let reclaim = matches!(command, LogCommand::Reclaim { .. });
+    let opened = if reclaim {
+        let options = OpenOptions {
+            background: false,
+            ..OpenOptions::default()
+        };
+        Log::open_with(&dir, options).with_context(|| format!("opening {}", dir.display()))
+    } else {
+        open_read_only(&dir)
+    };
+    match opened {
+        Ok(log) => {
+            print!("{}", render(&log, &command)?);
+            if reclaim {
+                log.close()?;
+            }
+            Ok(())
+        }
+        // A node owns the directory: ask it instead.
+        Err(error) if is_locked(&error) && data.join(NODE_FILE).exists() => {
+            print!("{}", ask_node(data, args.token.as_deref(), &command)?);
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The text a command prints, from an open log (this process's or a node's).
+pub fn render(log: &Log, command: &LogCommand) -> anyhow::Result<String> {
+    let mut out = String::new();
     match command {
-        LogCommand::Topics => topics(&open_read_only(&dir)?),
-        LogCommand::Describe { topic } => describe(&open_read_only(&dir)?, &topic),
+        LogCommand::Topics => topics(log, &mut out)?,
+        LogCommand::Describe { topic } => describe(log, topic, &mut out)?,
         LogCommand::Tail {
             topic,
             partition,
             lines,
-        } => tail(&open_read_only(&dir)?, &topic, partition, lines),
+        } => tail(log, topic, *partition, *lines, &mut out)?,
         LogCommand::Dump {
             topic,
             partition,
             from,
             batches,
             records,
-        } => dump(
-            &open_read_only(&dir)?,
-            &topic,
-            partition,
-            from,
-            batches,
-            records,
-        ),
+        } => dump(log, topic, *partition, *from, *batches, *records, &mut out)?,
         LogCommand::Reclaim { topic } => {
-            let log = Log::open_with(
-                &dir,
-                OpenOptions {
-                    background: false,
-                    ..OpenOptions::default()
-                },
-            )
-            .with_context(|| format!("opening {}", dir.display()))?;
-            let outcomes = log.reclaim(&topic)?;
+            let outcomes = log.reclaim(topic)?;
             for (topic, partition, outcome) in &outcomes {
                 let dropped = match outcome.dropped_uncommitted {
-                    Some((from, to)) => format!(
-                        ", {} records no required group had consumed ({from}..{to})",
-                        to - from
-                    ),
+                    Some((from, to)) => {
+                        format!(
+                            ", {} records no required group had consumed ({from}..{to})",
+                            to - from
+                        )
+                    }
                     None => String::new(),
                 };
-                println!(
+                writeln!(
+                    out,
                     "{topic}/{partition}: deleted {} segments, {} bytes{dropped}",
                     outcome.deleted_segments, outcome.deleted_bytes
-                );
+                )?;
             }
             if outcomes.is_empty() {
-                println!("nothing to reclaim: no sealed segment of {topic} is past its retention");
+                writeln!(
+                    out,
+                    "nothing to reclaim: no sealed segment of {topic} is past its retention"
+                )?;
             }
-            log.close().map_err(anyhow::Error::from)
+        }
+    }
+    Ok(out)
+}
+
+impl LogCommand {
+    /// The command as the words that would be typed for it.
+    fn to_args(&self) -> Vec<String> {
+        match self {
+            LogCommand::Topics => vec!["topics".into()],
+            LogCommand::Describe { topic } => vec!["describe".into(), topic.clone()],
+            LogCommand::Tail {
+                topic,
+                partition,
+                lines,
+            } => {
+                let mut args = vec!["tail".into(), topic.clone()];
+                args.extend([
+                    "--partition".into(),
+                    partition.to_string(),
+                    "--lines".into(),
+                    lines.to_string(),
+                ]);
+                args
+            }
+            LogCommand::Dump {
+                topic,
+                partition,
+                from,
+                batches,
+                records,
+            } => {
+                let mut args = vec![
+                    "dump".into(),
+                    topic.clone(),
+                    "--partition".into(),
+                    partition.to_string(),
+                ];
+                if let Some(from) = from {
+                    args.extend(["--from".into(), from.to_string()]);
+                }
+                args.extend(["--batches".into(), batches.to_string()]);
+                if *records {
+                    args.push("--records".into());
+                }
+                args
+            }
+            LogCommand::Reclaim { topic } => vec!["reclaim".into(), topic.clone()],
         }
     }
 }
+
+fn is_locked(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<nublar_log::LogError>(),
+            Some(nublar_log::LogError::Locked(_))
+        )
+    })
+}
+
+/// Sends the command to the node that owns `data` (its address is in
+/// `node.json`) and returns what it answers.
+fn ask_node(data: &Path, token: Option<&str>, command: &LogCommand) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let file = data.join(NODE_FILE);
+    let node: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file)?)
+        .with_context(|| format!("reading {}", file.display()))?;
+    let address: std::net::SocketAddr = node["http"]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .with_context(|| format!("{} names no HTTP address", file.display()))?;
+    let body = serde_json::to_vec(&command.to_args())?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))
+            .with_context(|| {
+                format!(
+                    "a node owns {} but does not answer on {address}",
+                    data.display()
+                )
+            })?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let mut head = format!(
+        "POST {OPERATOR_PATH} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Token {token}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(&body)?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let (head, text) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or(0);
+    if status != 200 {
+        anyhow::bail!("the node at {address} answered {status}: {}", text.trim());
+    }
+    Ok(text.to_owned())
+}
+
+/// Where a node answers `nublar log` commands (admin scope).
+pub const OPERATOR_PATH: &str = "/api/v1/admin/log";
 
 fn open_read_only(dir: &Path) -> anyhow::Result<Log> {
     let options = OpenOptions {
@@ -114,8 +261,7 @@ fn open_read_only(dir: &Path) -> anyhow::Result<Log> {
     Log::open_with(dir, options).with_context(|| format!("opening the log in {}", dir.display()))
 }
 
-fn topics(log: &Log) -> anyhow::Result<()> {
-    let mut out = String::new();
+fn topics(log: &Log, out: &mut String) -> anyhow::Result<()> {
     writeln!(
         out,
         "{:<24} {:>10} {:>14} {:>14} {:>16}",
@@ -139,20 +285,20 @@ fn topics(log: &Log) -> anyhow::Result<()> {
             bytes
         )?;
     }
-    print!("{out}");
     Ok(())
 }
 
-fn describe(log: &Log, topic: &str) -> anyhow::Result<()> {
+fn describe(log: &Log, topic: &str, out: &mut String) -> anyhow::Result<()> {
     let config = log
         .topic_config(topic)
         .with_context(|| format!("unknown topic {topic:?}"))?;
-    println!("topic {topic}");
-    println!("{}", serde_json::to_string_pretty(&config)?);
+    writeln!(out, "topic {topic}")?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&config)?)?;
     let groups = log.groups();
     for partition in 0..config.partitions {
         let info = log.partition_info(topic, partition)?;
-        println!(
+        writeln!(
+            out,
             "partition {partition}: offsets {}..{}, {} bytes in {} segments, {} batch keys remembered, {}",
             info.start_offset,
             info.end_offset,
@@ -163,7 +309,7 @@ fn describe(log: &Log, topic: &str) -> anyhow::Result<()> {
                 Some(reason) => format!("STOPPED: {reason}"),
                 None => "taking writes".into(),
             }
-        );
+        )?;
         for (group, state) in &groups {
             let committed = state.offsets.get(&(topic.to_owned(), partition));
             let required = if state.required_topics.contains(topic) {
@@ -178,19 +324,23 @@ fn describe(log: &Log, topic: &str) -> anyhow::Result<()> {
                     .get(&(topic.to_owned(), partition))
                     .map(|&offset| info.end_offset - offset);
                 let lag = lag.map_or(String::new(), |lag| format!(", lag {lag}"));
-                println!("  group {group}{required}: committed {committed}{lag}");
+                writeln!(out, "  group {group}{required}: committed {committed}{lag}")?;
             }
         }
     }
     Ok(())
 }
 
-fn tail(log: &Log, topic: &str, partition: u32, lines: i64) -> anyhow::Result<()> {
+fn tail(
+    log: &Log,
+    topic: &str,
+    partition: u32,
+    lines: i64,
+    out: &mut String,
+) -> anyhow::Result<()> {
     let end = log.end_offset(topic, partition)?;
     let start = (end - lines.max(0)).max(log.start_offset(topic, partition)?);
     let mut offset = start;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
     while offset < end {
         let batches = log.read(topic, partition, offset, 1 << 20)?;
         let Some(next) = batches.next_offset() else {
@@ -217,6 +367,7 @@ fn dump(
     from: Option<i64>,
     batches_max: usize,
     with_records: bool,
+    out: &mut String,
 ) -> anyhow::Result<()> {
     let mut offset = match from {
         Some(offset) => offset,
@@ -224,8 +375,6 @@ fn dump(
     };
     let end = log.end_offset(topic, partition)?;
     let mut printed = 0;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
     while offset < end && printed < batches_max {
         let batches = log.read(topic, partition, offset, 1 << 20)?;
         let Some(next) = batches.next_offset() else {

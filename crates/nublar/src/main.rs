@@ -39,9 +39,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Simulate a park: write its events to a file or send them to nodes.
     Sim(sim::SimArgs),
-    /// Look inside the commit log of a data directory no node owns.
-    #[command(subcommand)]
-    Log(log_command::LogCommand),
+    /// Look inside the commit log of a data directory (asking its node when one owns it).
+    Log(log_command::LogArgs),
     /// Benchmark programs; each prints its figures and the machine they ran on.
     #[command(subcommand)]
     Bench(bench::BenchCommand),

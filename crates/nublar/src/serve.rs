@@ -120,6 +120,12 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let udp = UdpSocket::bind(udp_address)
         .await
         .with_context(|| format!("binding UDP to {udp_address}"))?;
+    let node_file = data.join(crate::log_command::NODE_FILE);
+    let reachable = reachable_address(http.local_addr()?);
+    let announcement =
+        serde_json::json!({ "pid": std::process::id(), "http": reachable.to_string() });
+    std::fs::write(&node_file, announcement.to_string())
+        .with_context(|| format!("writing {}", node_file.display()))?;
     // Scripts and tests read the bound addresses from this first line.
     println!(
         "nublar listening http={} udp={}",
@@ -138,9 +144,14 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let (stop_udp, udp_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = {
         let gateway = gateway.clone();
+        let operator = operator_routes(gateway.clone(), log.clone());
         tokio::spawn(async move {
             gateway
-                .serve_http(http, async move { http_stopped.await.unwrap_or(()) })
+                .serve_http_with(
+                    http,
+                    operator,
+                    async move { http_stopped.await.unwrap_or(()) },
+                )
                 .await
         })
     };
@@ -174,9 +185,80 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
             drain_seconds
         );
     }
+    let _ = std::fs::remove_file(&node_file);
     tokio::task::spawn_blocking(move || log.close())
         .await?
         .context("closing the log")?;
     eprintln!("stopped cleanly");
     Ok(())
+}
+
+/// Where a local command can reach a node listening on `bound`: the
+/// loopback address of the same family when it listens on all addresses.
+fn reachable_address(bound: SocketAddr) -> SocketAddr {
+    match bound.ip() {
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), bound.port())
+        }
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), bound.port())
+        }
+        _ => bound,
+    }
+}
+
+#[derive(Clone)]
+struct Operator {
+    gateway: Gateway,
+    log: Log,
+}
+
+/// The node's operator API: `nublar log …` commands run against the log
+/// this node owns, for a token with the admin scope.
+fn operator_routes(gateway: Gateway, log: Log) -> axum::Router {
+    axum::Router::new()
+        .route(
+            crate::log_command::OPERATOR_PATH,
+            axum::routing::post(operator_command),
+        )
+        .with_state(Operator { gateway, log })
+}
+
+async fn operator_command(
+    axum::extract::State(operator): axum::extract::State<Operator>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use clap::Parser;
+    let access = operator.gateway.access();
+    let sender = access.client_address(peer.ip(), &headers);
+    if let Err(denied) = access.check_admin(sender, &headers) {
+        return match denied {
+            nublar_ingest::Denied::Unauthenticated(message) => (StatusCode::UNAUTHORIZED, message),
+            nublar_ingest::Denied::Forbidden(message) => (StatusCode::FORBIDDEN, message),
+        }
+        .into_response();
+    }
+    let Ok(args) = serde_json::from_slice::<Vec<String>>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected a JSON array of arguments",
+        )
+            .into_response();
+    };
+    let command = match crate::log_command::RemoteLogCommand::try_parse_from(
+        std::iter::once("log".to_string()).chain(args),
+    ) {
+        Ok(parsed) => parsed.command,
+        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+    };
+    let log = operator.log.clone();
+    match tokio::task::spawn_blocking(move || crate::log_command::render(&log, &command)).await {
+        Ok(Ok(text)) => (StatusCode::OK, text).into_response(),
+        Ok(Err(error)) => (StatusCode::BAD_REQUEST, format!("{error:#}")).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
 }

@@ -262,3 +262,86 @@ fn the_simulator_writes_files_and_sends_to_a_node_over_http() {
     assert!(node.wait_exit(Duration::from_secs(20)).success());
     assert_eq!(stored_records(data.path()), 20000);
 }
+
+#[test]
+fn log_commands_ask_the_running_node_with_an_admin_token() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("nublar.toml");
+    std::fs::write(
+        &config,
+        "[[access.tokens]]\nname = \"ops\"\nsecret = \"adm1n\"\nscopes = [\"admin\"]\n\n\
+         [[access.tokens]]\nname = \"collars\"\nsecret = \"wr1te\"\nscopes = [\"write:park\"]\n",
+    )
+    .unwrap();
+    let mut node = Node::start_with(
+        data.path(),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    let token = [("Authorization", "Token wr1te")];
+    let body = "weather,station=s1 temp_c=21.5 1\nweather,station=s2 temp_c=22.5 2\n";
+    assert_eq!(
+        post(
+            node.http,
+            "/api/v3/write_lp?db=park&precision=ns",
+            &token,
+            body
+        )
+        .0,
+        204
+    );
+    let log = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_nublar"))
+            .args(["log", "--data", data.path().to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let refused = log(&["topics"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let forbidden = log(&["--token", "wr1te", "topics"]);
+    assert!(String::from_utf8_lossy(&forbidden.stderr).contains("403"));
+    let topics = log(&["--token", "adm1n", "topics"]);
+    assert!(
+        topics.status.success(),
+        "{}",
+        String::from_utf8_lossy(&topics.stderr)
+    );
+    let text = String::from_utf8(topics.stdout).unwrap();
+    let telemetry = text
+        .lines()
+        .find(|line| line.starts_with("telemetry"))
+        .unwrap();
+    assert_eq!(telemetry.split_whitespace().nth(3), Some("2"), "{text}");
+    // The partition the sender's batch went to holds both lines.
+    let mut tails = String::new();
+    for partition in ["0", "1"] {
+        let tail = log(&[
+            "--token",
+            "adm1n",
+            "tail",
+            "telemetry",
+            "-p",
+            partition,
+            "-n",
+            "5",
+        ]);
+        assert!(tail.status.success());
+        tails.push_str(&String::from_utf8(tail.stdout).unwrap());
+    }
+    assert!(
+        tails.contains("weather,station=s2 temp_c=22.5 2"),
+        "{tails}"
+    );
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(20)).success());
+    assert!(
+        !data.path().join("node.json").exists(),
+        "a stopped node takes its address file away"
+    );
+}
