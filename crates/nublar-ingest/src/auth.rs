@@ -189,16 +189,23 @@ impl AccessConfig {
 
     /// Whether `sender` with these headers may write to `db` over HTTP.
     pub fn check_write(&self, sender: IpAddr, headers: &HeaderMap, db: &str) -> Result<(), Denied> {
-        self.check(sender, headers, &format!("write to {db:?}"), |scope| match scope {
-            Scope::Write(scoped) => scoped == "*" || scoped == db,
-            Scope::Admin => true,
-            Scope::Read(_) => false,
-        })
+        self.check(
+            sender,
+            headers,
+            &format!("write to {db:?}"),
+            |scope| match scope {
+                Scope::Write(scoped) => scoped == "*" || scoped == db,
+                Scope::Admin => true,
+                Scope::Read(_) => false,
+            },
+        )
     }
 
     /// Whether `sender` with these headers may run operator commands.
     pub fn check_admin(&self, sender: IpAddr, headers: &HeaderMap) -> Result<(), Denied> {
-        self.check(sender, headers, "run operator commands", |scope| *scope == Scope::Admin)
+        self.check(sender, headers, "run operator commands", |scope| {
+            *scope == Scope::Admin
+        })
     }
 
     fn check(
@@ -209,7 +216,9 @@ impl AccessConfig {
         grants: impl Fn(&Scope) -> bool,
     ) -> Result<(), Denied> {
         if !self.allow.is_empty() && !self.allow.iter().any(|prefix| prefix.contains(sender)) {
-            return Err(Denied::Forbidden(format!("{sender} is not in the allowed prefixes")));
+            return Err(Denied::Forbidden(format!(
+                "{sender} is not in the allowed prefixes"
+            )));
         }
         if self.is_open() {
             return Ok(());
@@ -231,7 +240,10 @@ impl AccessConfig {
         if token.scopes.iter().any(grants) {
             Ok(())
         } else {
-            Err(Denied::Forbidden(format!("token {:?} may not {action}", token.name)))
+            Err(Denied::Forbidden(format!(
+                "token {:?} may not {action}",
+                token.name
+            )))
         }
     }
 

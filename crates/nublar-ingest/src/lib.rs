@@ -157,7 +157,8 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        self.serve_http_with(listener, Router::new(), shutdown).await
+        self.serve_http_with(listener, Router::new(), shutdown)
+            .await
     }
 
     /// As [`Gateway::serve_http`], with `extra` routes served beside the
