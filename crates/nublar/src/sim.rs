@@ -2,11 +2,18 @@
 //! events come from `nublar-sim`; this module paces them, sends them over
 //! HTTP (keep-alive, several connections, resending a failed batch with the
 //! same Idempotency-Key) or UDP, shows progress and prints a summary.
+//!
+//! With `--bind-prefix` every body holds the lines of one sensor and is sent
+//! from that sensor's own IPv6 address, so that a gateway's prefix allow-list
+//! sees the addresses a real fleet would send from. Each sender keeps a small
+//! least-recently-used cache of sockets bound to sensor addresses: thousands
+//! of sensors then share a bounded number of file descriptors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +24,7 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use nublar_sim::{Generator, GeneratorConfig, Park, ParkConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::Mutex;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -82,6 +89,16 @@ pub struct SimArgs {
     /// IPv6 prefix of the sensors' addresses (carried in the data).
     #[arg(long, default_value = "2001:db8:7::/48")]
     prefix: String,
+    /// Send every request or datagram from the IPv6 address of the sensor whose lines it
+    /// carries, so that a gateway's prefix allow-list is tested with real source addresses.
+    /// Bodies then hold one sensor's lines each (held about a second at most for more of
+    /// its own), targets must be IPv6 addresses, and the sensors' prefix must be routed to
+    /// this host, for instance `ip -6 route add local 2001:db8:7::/48 dev lo`: sockets are
+    /// bound with IPV6_FREEBIND, so the addresses need not be assigned one by one, but the
+    /// answers must come back here. At most 256 connections (or UDP sockets) are open at
+    /// once, reused per address and closed least recently used first.
+    #[arg(long)]
+    bind_prefix: bool,
     /// Read the park from this GeoJSON file instead of generating it.
     #[arg(long)]
     park: Option<PathBuf>,
@@ -186,6 +203,165 @@ struct Body {
     lines: u64,
     malformed: u64,
     sequence: u64,
+    /// With `--bind-prefix`, the one sensor whose lines these are and whose address sends them.
+    sender: Option<Ipv6Addr>,
+}
+
+impl Body {
+    fn new(sender: Option<Ipv6Addr>) -> Body {
+        Body {
+            bytes: Vec::new(),
+            lines: 0,
+            malformed: 0,
+            sequence: 0,
+            sender,
+        }
+    }
+
+    /// Appends one event's line, twice when the event is a planned duplicate.
+    fn push(&mut self, line: &[u8], duplicate: bool, malformed: bool) {
+        let copies = if duplicate { 2 } else { 1 };
+        for _ in 0..copies {
+            self.bytes.extend_from_slice(line);
+            self.lines += 1;
+            self.malformed += u64::from(malformed);
+        }
+    }
+}
+
+/// When the producer must stop and how fast it may go.
+#[derive(Clone, Copy)]
+struct Pace {
+    started: Instant,
+    /// Events per second; 0 for as fast as the senders take bodies.
+    rate: u64,
+    total: u64,
+    deadline: Option<Duration>,
+}
+
+impl Pace {
+    fn running(&self, produced: u64) -> bool {
+        produced < self.total
+            && self
+                .deadline
+                .is_none_or(|deadline| self.started.elapsed() < deadline)
+    }
+
+    /// Sleeps until `produced` events are due.
+    fn wait(&self, produced: u64) {
+        if self.rate > 0 {
+            let due = Duration::from_secs_f64(produced as f64 / self.rate as f64);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+/// Bodies of up to `batch` lines with every sensor's lines mixed: one client sending for
+/// the whole park.
+fn produce_mixed(
+    generator: &mut Generator,
+    batch: usize,
+    pace: Pace,
+    queue: &tokio::sync::mpsc::Sender<Body>,
+) {
+    let mut produced = 0u64;
+    let mut sequence = 0u64;
+    let mut line = Vec::with_capacity(256);
+    while pace.running(produced) {
+        let mut body = Body::new(None);
+        body.sequence = sequence;
+        while body.lines < batch as u64 && produced < pace.total {
+            let Some(event) = generator.next_event() else {
+                break;
+            };
+            line.clear();
+            event.write(&mut line);
+            body.push(&line, event.faults.duplicate, event.is_malformed());
+            produced += 1;
+        }
+        if body.lines == 0 {
+            break;
+        }
+        pace.wait(produced);
+        sequence += 1;
+        if queue.blocking_send(body).is_err() {
+            break;
+        }
+    }
+}
+
+/// How long a sensor's lines wait for more of its own before they are sent anyway: a
+/// sensor reporting now and then still sends within a second, not only when its body fills.
+const SENDER_HOLD: Duration = Duration::from_secs(1);
+
+/// Bodies of one sensor each (`--bind-prefix`): a body goes out when it holds `batch`
+/// lines, and every body held goes out when the oldest has waited [`SENDER_HOLD`], when
+/// all held together reach the simulator's bound on held lines, and at the end of the run.
+/// The generator is paced in steps of `batch` events, as in the mixed case, but of at most
+/// a second's events, so that the hold is checked at least about once a second.
+fn produce_by_sender(
+    generator: &mut Generator,
+    batch: usize,
+    pace: Pace,
+    queue: &tokio::sync::mpsc::Sender<Body>,
+) {
+    let mut produced = 0u64;
+    let mut sequence = 0u64;
+    let mut line = Vec::with_capacity(256);
+    // Ordered by address, so that the same seed sends the same bodies in the same order.
+    let mut held = BTreeMap::<Ipv6Addr, Body>::new();
+    let mut held_lines = 0u64;
+    let mut held_since = Instant::now();
+    let mut ready = Vec::new();
+    let mut ended = false;
+    let step = match pace.rate {
+        0 => batch as u64,
+        rate => (batch as u64).min(rate),
+    }
+    .max(1);
+    while !ended {
+        let step_end = produced.saturating_add(step).min(pace.total);
+        while produced < step_end {
+            let Some(event) = generator.next_event() else {
+                ended = true;
+                break;
+            };
+            line.clear();
+            event.write(&mut line);
+            if held.is_empty() {
+                held_since = Instant::now();
+            }
+            let body = held
+                .entry(event.sender)
+                .or_insert_with(|| Body::new(Some(event.sender)));
+            let before = body.lines;
+            body.push(&line, event.faults.duplicate, event.is_malformed());
+            held_lines += body.lines - before;
+            if body.lines >= batch as u64 {
+                held_lines -= body.lines;
+                ready.extend(held.remove(&event.sender));
+            }
+            produced += 1;
+        }
+        ended |= !pace.running(produced);
+        if ended
+            || held_lines >= nublar_sim::limits::BATCHER_PENDING_LINES_MAX as u64
+            || held_since.elapsed() >= SENDER_HOLD
+        {
+            ready.extend(std::mem::take(&mut held).into_values());
+            held_lines = 0;
+        }
+        pace.wait(produced);
+        for mut body in ready.drain(..) {
+            body.sequence = sequence;
+            sequence += 1;
+            if queue.blocking_send(body).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -206,6 +382,17 @@ async fn send(
         .iter()
         .map(|target| parse_target(target))
         .collect::<anyhow::Result<_>>()?;
+    if args.bind_prefix {
+        // A socket bound to a sensor's IPv6 address can reach IPv6 destinations only.
+        for (target, address) in args.targets.iter().zip(&targets) {
+            if !is_plain_ipv6(address) {
+                bail!(
+                    "--bind-prefix sends from the sensors' IPv6 addresses, so every --target \
+                     must be an IPv6 address such as http://[2001:db8::1]:8086, not {target:?}"
+                );
+            }
+        }
+    }
     let run_id = format!("sim-{}-{}", args.seed, std::process::id());
     let (queue, receiver) = tokio::sync::mpsc::channel::<Body>(args.concurrency.max(1) * 2);
     let receiver = Arc::new(Mutex::new(receiver));
@@ -221,44 +408,18 @@ async fn send(
         args.batch
     };
     let rate = args.rate;
+    let bind_prefix = args.bind_prefix;
     let producer = std::thread::spawn(move || {
-        let mut produced = 0u64;
-        let mut sequence = 0u64;
-        let mut line = Vec::with_capacity(256);
-        while produced < total && deadline.is_none_or(|deadline| started.elapsed() < deadline) {
-            let mut body = Body {
-                bytes: Vec::new(),
-                lines: 0,
-                malformed: 0,
-                sequence,
-            };
-            while body.lines < batch as u64 && produced < total {
-                let Some(event) = generator.next_event() else {
-                    break;
-                };
-                line.clear();
-                event.write(&mut line);
-                let copies = if event.faults.duplicate { 2 } else { 1 };
-                for _ in 0..copies {
-                    body.bytes.extend_from_slice(&line);
-                    body.lines += 1;
-                    body.malformed += u64::from(event.is_malformed());
-                }
-                produced += 1;
-            }
-            if body.lines == 0 {
-                break;
-            }
-            if rate > 0 {
-                let due = Duration::from_secs_f64(produced as f64 / rate as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            sequence += 1;
-            if queue.blocking_send(body).is_err() {
-                break;
-            }
+        let pace = Pace {
+            started,
+            rate,
+            total,
+            deadline,
+        };
+        if bind_prefix {
+            produce_by_sender(&mut generator, batch, pace, &queue);
+        } else {
+            produce_mixed(&mut generator, batch, pace, &queue);
         }
     });
 
@@ -284,6 +445,9 @@ async fn send(
     };
 
     let mut workers = Vec::new();
+    // The bound on sockets bound to sensor addresses holds over all workers together (with
+    // more workers than the bound, each keeps one).
+    let sockets_per_worker = (SOURCE_SOCKETS_MAX / args.concurrency.max(1)).max(1);
     for worker in 0..args.concurrency.max(1) {
         let receiver = receiver.clone();
         let tally = tally.clone();
@@ -294,11 +458,12 @@ async fn send(
         let token = args.token.clone();
         let run_id = run_id.clone();
         let protocol = args.protocol;
+        let bind_prefix = args.bind_prefix;
         workers.push(tokio::spawn(async move {
-            let mut sender = match protocol {
-                Protocol::Http => Sender::Http(HttpSender::new(target)),
-                Protocol::Udp => Sender::Udp(
-                    tokio::net::UdpSocket::bind(if target.is_ipv6() {
+            let mut sender = match (protocol, bind_prefix) {
+                (Protocol::Http, false) => Sender::Http(HttpSender::new(target, None)),
+                (Protocol::Udp, false) => Sender::Udp(
+                    UdpSocket::bind(if target.is_ipv6() {
                         "[::]:0"
                     } else {
                         "0.0.0.0:0"
@@ -306,6 +471,12 @@ async fn send(
                     .await?,
                     target,
                 ),
+                (Protocol::Http, true) => {
+                    Sender::HttpFrom(SourceCache::new(sockets_per_worker), target)
+                }
+                (Protocol::Udp, true) => {
+                    Sender::UdpFrom(SourceCache::new(sockets_per_worker), target)
+                }
             };
             loop {
                 let Some(body) = receiver.lock().await.recv().await else {
@@ -315,7 +486,13 @@ async fn send(
                 let key = format!("{run_id}-{}", body.sequence);
                 let sent = Instant::now();
                 let outcome = sender
-                    .deliver(&db, token.as_deref(), &key, &body.bytes, &errors)
+                    .deliver(
+                        &db,
+                        token.as_deref(),
+                        &key,
+                        (&body.bytes, body.sender),
+                        &errors,
+                    )
                     .await;
                 latency
                     .lock()
@@ -396,76 +573,242 @@ enum Delivery {
     Failed,
 }
 
+/// Whether a target is an IPv6 address that is not IPv4-mapped (`[::ffff:192.0.2.1]` is
+/// reached over IPv4, which a socket bound to an IPv6 source address cannot do).
+fn is_plain_ipv6(address: &SocketAddr) -> bool {
+    match address {
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_none(),
+        SocketAddr::V4(_) => false,
+    }
+}
+
+/// Sockets bound to sensor addresses open at once over all workers (`--bind-prefix`): enough
+/// to keep the busiest sensors' connections alive, few enough for any file descriptor limit.
+const SOURCE_SOCKETS_MAX: usize = 256;
+
 enum Sender {
     Http(HttpSender),
-    Udp(tokio::net::UdpSocket, SocketAddr),
+    Udp(UdpSocket, SocketAddr),
+    /// `--bind-prefix`: one keep-alive connection per sensor address, least recently used
+    /// closed first.
+    HttpFrom(SourceCache<HttpSender>, SocketAddr),
+    /// `--bind-prefix`: one socket bound per sensor address.
+    UdpFrom(SourceCache<UdpSocket>, SocketAddr),
 }
 
 impl Sender {
+    /// Sends one body, from `source` when given (`--bind-prefix`).
     async fn deliver(
         &mut self,
         db: &str,
         token: Option<&str>,
         key: &str,
-        body: &[u8],
+        (body, source): (&[u8], Option<Ipv6Addr>),
         errors: &std::sync::Mutex<BTreeMap<String, u64>>,
     ) -> Delivery {
         let count = |kind: String| *errors.lock().unwrap().entry(kind).or_default() += 1;
         match self {
-            Sender::Udp(socket, target) => {
-                // Datagrams stay under 60 KB: split the body at line ends.
-                let mut rest = body;
-                while !rest.is_empty() {
-                    let mut cut = rest.len().min(60_000);
-                    if cut < rest.len() {
-                        cut = rest[..cut]
-                            .iter()
-                            .rposition(|&byte| byte == b'\n')
-                            .map_or(cut, |at| at + 1);
+            Sender::Udp(socket, target) => send_datagrams(socket, *target, body, count).await,
+            Sender::UdpFrom(sockets, target) => {
+                let source = source.expect("bodies are grouped by sender with --bind-prefix");
+                match sockets.get_or_open(source, || udp_socket_from(source)) {
+                    Ok(socket) => send_datagrams(socket, *target, body, count).await,
+                    Err(error) => {
+                        count(format!("bind: {}", error.kind()));
+                        Delivery::Failed
                     }
-                    if let Err(error) = socket.send_to(&rest[..cut], *target).await {
-                        count(format!("udp: {}", error.kind()));
-                        return Delivery::Failed;
-                    }
-                    rest = &rest[cut..];
                 }
-                Delivery::Sent
             }
-            Sender::Http(http) => {
-                // A batch that failed is resent with the same key until it is
-                // acknowledged or refused for good, bounded in tries and time.
-                for attempt in 0..8u32 {
-                    match http.post(db, token, key, body).await {
-                        Ok(204) => return Delivery::All,
-                        Ok(400) => return Delivery::Partial,
-                        Ok(status) if status == 503 || status >= 500 => {
-                            count(format!("http {status}"));
-                        }
-                        Ok(status) => {
-                            count(format!("http {status}"));
-                            return Delivery::Failed;
-                        }
-                        Err(error) => count(format!("connection: {}", error.kind())),
-                    }
-                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
-                }
-                Delivery::Failed
+            Sender::Http(http) => post_until_answered(http, db, token, key, body, count).await,
+            Sender::HttpFrom(connections, target) => {
+                let source = source.expect("bodies are grouped by sender with --bind-prefix");
+                // Connecting is lazy (in `HttpSender::exchange`), so opening cannot fail here.
+                let http = connections
+                    .get_or_open(source, || Ok(HttpSender::new(*target, Some(source))))
+                    .expect("creating an HttpSender does not fail");
+                post_until_answered(http, db, token, key, body, count).await
             }
         }
     }
 }
 
+/// Sends a body as datagrams under 60 KB each, split at line ends.
+async fn send_datagrams(
+    socket: &UdpSocket,
+    target: SocketAddr,
+    body: &[u8],
+    count: impl Fn(String),
+) -> Delivery {
+    let mut rest = body;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(60_000);
+        if cut < rest.len() {
+            cut = rest[..cut]
+                .iter()
+                .rposition(|&byte| byte == b'\n')
+                .map_or(cut, |at| at + 1);
+        }
+        if let Err(error) = socket.send_to(&rest[..cut], target).await {
+            count(format!("udp: {}", error.kind()));
+            return Delivery::Failed;
+        }
+        rest = &rest[cut..];
+    }
+    Delivery::Sent
+}
+
+/// Posts a body; a batch that failed is resent with the same key until it is acknowledged
+/// or refused for good, bounded in tries and time.
+async fn post_until_answered(
+    http: &mut HttpSender,
+    db: &str,
+    token: Option<&str>,
+    key: &str,
+    body: &[u8],
+    count: impl Fn(String),
+) -> Delivery {
+    for attempt in 0..8u32 {
+        match http.post(db, token, key, body).await {
+            Ok(204) => return Delivery::All,
+            Ok(400) => return Delivery::Partial,
+            Ok(status) if status == 503 || status >= 500 => {
+                count(format!("http {status}"));
+            }
+            Ok(status) => {
+                count(format!("http {status}"));
+                return Delivery::Failed;
+            }
+            Err(error) => count(format!("connection: {}", error.kind())),
+        }
+        tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+    }
+    Delivery::Failed
+}
+
+/// Sockets or connections keyed by the sensor address they are bound to, at most
+/// `capacity` at once: to make room, the least recently used one is dropped, which closes
+/// it. Eviction scans every entry, which at a few hundred entries costs far less than the
+/// connection about to be opened.
+struct SourceCache<T> {
+    capacity: usize,
+    /// Counts uses; an entry's stamp is the count at its last use.
+    clock: u64,
+    entries: HashMap<Ipv6Addr, (u64, T)>,
+}
+
+impl<T> SourceCache<T> {
+    fn new(capacity: usize) -> SourceCache<T> {
+        SourceCache {
+            capacity: capacity.max(1),
+            clock: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// The entry for `address`, opened with `open` when there is none.
+    fn get_or_open(
+        &mut self,
+        address: Ipv6Addr,
+        open: impl FnOnce() -> std::io::Result<T>,
+    ) -> std::io::Result<&mut T> {
+        self.clock += 1;
+        if !self.entries.contains_key(&address) {
+            // Close first, so that no more than `capacity` are ever open.
+            if self.entries.len() >= self.capacity
+                && let Some(oldest) = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, (used, _))| *used)
+                    .map(|(address, _)| *address)
+            {
+                self.entries.remove(&oldest);
+            }
+            let opened = open()?;
+            self.entries.insert(address, (self.clock, opened));
+        }
+        let (used, entry) = self
+            .entries
+            .get_mut(&address)
+            .expect("present or inserted above");
+        *used = self.clock;
+        Ok(entry)
+    }
+}
+
+/// Lets a socket bind to an address this host does not have assigned. The sensors'
+/// addresses are routed here as a whole prefix (`ip -6 route add local PREFIX dev lo`),
+/// which answers for every address in it, but Linux lets an IPv6 socket bind only to
+/// assigned addresses unless the socket is free-binding (or `net.ipv6.ip_nonlocal_bind` is
+/// set for the whole namespace, which a load generator should not need).
+fn set_freebind(socket: impl AsFd) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is open for the duration of the call (borrowed), and the option
+    // value points at a c_int of the length given.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_FREEBIND,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A non-blocking UDP socket bound to `source` (any port). Built with libc because neither
+/// std nor tokio can set a socket option between creating a UDP socket and binding it.
+fn udp_socket_from(source: Ipv6Addr) -> std::io::Result<UdpSocket> {
+    // SAFETY: socket() takes no pointers; a negative result is checked below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET6,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a socket just created and owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_freebind(&fd)?;
+    // SAFETY: sockaddr_in6 is plain data for which all zeroes is a valid value.
+    let mut address: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    address.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    address.sin6_addr.s6_addr = source.octets();
+    // SAFETY: the pointer and length describe `address`, a sockaddr_in6 alive for the call.
+    let result = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&address as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    UdpSocket::from_std(std::net::UdpSocket::from(fd))
+}
+
 /// A keep-alive HTTP/1.1 connection to one gateway, reopened when it breaks.
 struct HttpSender {
     target: SocketAddr,
+    /// With `--bind-prefix`, the sensor address the connection is made from.
+    source: Option<Ipv6Addr>,
     stream: Option<TcpStream>,
     buffer: Vec<u8>,
 }
 
 impl HttpSender {
-    fn new(target: SocketAddr) -> HttpSender {
+    fn new(target: SocketAddr, source: Option<Ipv6Addr>) -> HttpSender {
         HttpSender {
             target,
+            source,
             stream: None,
             buffer: Vec::with_capacity(64 * 1024),
         }
@@ -493,12 +836,22 @@ impl HttpSender {
         body: &[u8],
     ) -> std::io::Result<u16> {
         if self.stream.is_none() {
-            let stream =
-                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(self.target))
-                    .await
-                    .map_err(|_| {
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                    })??;
+            let connect = async {
+                match self.source {
+                    None => TcpStream::connect(self.target).await,
+                    Some(source) => {
+                        let socket = TcpSocket::new_v6()?;
+                        set_freebind(&socket)?;
+                        socket.bind(SocketAddr::from((source, 0)))?;
+                        socket.connect(self.target).await
+                    }
+                }
+            };
+            let stream = tokio::time::timeout(Duration::from_secs(5), connect)
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
             stream.set_nodelay(true)?;
             self.stream = Some(stream);
         }
@@ -575,4 +928,51 @@ async fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io:
         left -= read;
     }
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_cache_keeps_at_most_its_capacity_and_drops_the_least_recently_used() {
+        let mut cache = SourceCache::new(2);
+        let address = |host: u16| Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, host);
+        let mut opened = Vec::new();
+        let mut use_address = |cache: &mut SourceCache<u16>, host: u16| {
+            *cache
+                .get_or_open(address(host), || {
+                    opened.push(host);
+                    Ok(host)
+                })
+                .unwrap()
+        };
+        assert_eq!(use_address(&mut cache, 1), 1);
+        assert_eq!(use_address(&mut cache, 2), 2);
+        // 1 is used again, so 2 is the least recently used when 3 needs room.
+        assert_eq!(use_address(&mut cache, 1), 1);
+        assert_eq!(use_address(&mut cache, 3), 3);
+        assert_eq!(cache.entries.len(), 2);
+        assert!(cache.entries.contains_key(&address(1)));
+        assert!(!cache.entries.contains_key(&address(2)));
+        assert_eq!(use_address(&mut cache, 2), 2);
+        assert_eq!(opened, [1, 2, 3, 2], "reused entries are not opened again");
+    }
+
+    #[test]
+    fn a_failed_open_leaves_nothing_behind() {
+        let mut cache = SourceCache::<u16>::new(1);
+        let address = Ipv6Addr::LOCALHOST;
+        let failed =
+            cache.get_or_open(address, || Err(std::io::ErrorKind::AddrNotAvailable.into()));
+        assert!(failed.is_err());
+        assert!(cache.entries.is_empty());
+    }
+
+    #[test]
+    fn bind_prefix_targets_must_be_plain_ipv6() {
+        assert!(is_plain_ipv6(&"[2001:db8::1]:8086".parse().unwrap()));
+        assert!(!is_plain_ipv6(&"127.0.0.1:8086".parse().unwrap()));
+        assert!(!is_plain_ipv6(&"[::ffff:127.0.0.1]:8086".parse().unwrap()));
+    }
 }
