@@ -8,14 +8,17 @@
 //! listens on an address that exists only there, and the namespace is deleted at the end,
 //! also when an assertion fails.
 
+mod common;
+
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::NodeProcess;
 use nublar_log::{Log, OpenOptions};
 
 /// The sensors' prefix: routed as local on the namespace's loopback and the only prefix
@@ -137,69 +140,21 @@ fn skip(reason: &str) {
 }
 
 /// `nublar serve` inside the namespace, killed when dropped.
-struct Node {
-    child: Child,
-    http: SocketAddr,
-    udp: SocketAddr,
-}
-
-impl Node {
-    fn start(namespace: &Namespace, data: &Path, config: &Path) -> Node {
-        let listen = format!("[{NODE_ADDRESS}]:0");
-        let stderr = File::create(data.join("node.stderr")).unwrap();
-        let mut child = namespace
-            .command(env!("CARGO_BIN_EXE_nublar"))
-            .args(["serve", "--data", data.to_str().unwrap()])
-            .args(["--config", config.to_str().unwrap()])
-            .args(["--http", &listen, "--udp", &listen])
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let Some(rest) = first.strip_prefix("nublar listening http=") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = std::fs::read_to_string(data.join("node.stderr")).unwrap_or_default();
-            panic!("first line {first:?}; stderr:\n{stderr}");
-        };
-        let (http, udp) = rest.trim().split_once(" udp=").unwrap();
-        Node {
-            child,
-            http: http.parse().unwrap(),
-            udp: udp.parse().unwrap(),
-        }
-    }
-
-    /// SIGTERM, and the exit status of the drain.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill only sends a signal to our own child's pid.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) },
-            0
-        );
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the node did not drain within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_node(namespace: &Namespace, data: &Path, config: &Path) -> NodeProcess {
+    let listen = format!("[{NODE_ADDRESS}]:0");
+    let stderr_path = data.join("node.stderr");
+    let mut command = namespace.command(env!("CARGO_BIN_EXE_nublar"));
+    command
+        .args(["serve", "--data", data.to_str().unwrap()])
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--http", &listen, "--udp", &listen])
+        .stderr(File::create(&stderr_path).unwrap());
+    NodeProcess::spawn(command, || {
+        format!(
+            "stderr:\n{}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        )
+    })
 }
 
 /// `nublar sim` inside the namespace with `args`; its summary (stdout). The simulator
@@ -326,7 +281,7 @@ fn bind_prefix_sends_from_the_sensors_addresses_which_the_allow_list_admits() {
         ),
     )
     .unwrap();
-    let mut node = Node::start(&namespace, data.path(), &config);
+    let mut node = start_node(&namespace, data.path(), &config);
     let http = format!("http://{}", node.http);
     let udp = node.udp.to_string();
     // Few lines per sensor, so most bodies are small, and more sensors than the simulator
@@ -430,7 +385,8 @@ fn bind_prefix_sends_from_the_sensors_addresses_which_the_allow_list_admits() {
         std::fs::read_to_string(data.path().join("node.stderr")).unwrap_or_default()
     );
 
-    let status = node.stop();
+    node.signal(libc::SIGTERM);
+    let status = node.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "the node's exit: {status:?}");
     drop(node);
 

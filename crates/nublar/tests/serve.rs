@@ -1,78 +1,36 @@
 //! `nublar serve` as a process: the first line, writes over IPv4 and IPv6,
 //! idempotent retries across a SIGKILL and restart, and a SIGTERM drain.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-struct Node {
-    child: Child,
-    http: SocketAddr,
+use common::NodeProcess;
+
+type Node = NodeProcess;
+
+trait Start {
+    fn start(data: &Path, http: &str) -> Node;
+    fn start_with(data: &Path, http: &str, extra: &[&str]) -> Node;
 }
 
-impl Node {
+impl Start for NodeProcess {
     fn start(data: &Path, http: &str) -> Node {
         Node::start_with(data, http, &[])
     }
 
     fn start_with(data: &Path, http: &str, extra: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nublar"))
-            .args([
-                "serve",
-                "--data",
-                data.to_str().unwrap(),
-                "--http",
-                http,
-                "--udp",
-                "127.0.0.1:0",
-            ])
-            .args(["--partitions", "2"])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nublar"));
+        command
+            .args(["serve", "--data", data.to_str().unwrap(), "--http", http])
+            .args(["--udp", "127.0.0.1:0", "--partitions", "2"])
             .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let rest = first
-            .strip_prefix("nublar listening http=")
-            .unwrap_or_else(|| panic!("first line: {first:?}"));
-        let (http, udp) = rest.trim().split_once(" udp=").unwrap();
-        udp.parse::<SocketAddr>().unwrap();
-        Node {
-            child,
-            http: http.parse().unwrap(),
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill only sends a signal to our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "the node did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .stderr(Stdio::null());
+        NodeProcess::spawn(command, String::new)
     }
 }
 
