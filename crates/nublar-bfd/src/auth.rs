@@ -356,15 +356,11 @@ fn sha1_of(bytes: &[u8]) -> [u8; SHA1_HASH_BYTES] {
     hasher.finalize().into()
 }
 
-/// Compares secrets without an early exit, so timing does not reveal the matching prefix.
+/// Compares secrets in time that does not depend on where they differ, so
+/// timing does not reveal how much of a guess was right.
 fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
-    if left.len() != right.len() {
-        return false;
-    }
-    left.iter()
-        .zip(right)
-        .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-        == 0
+    use subtle::ConstantTimeEq;
+    left.ct_eq(right).into()
 }
 
 #[cfg(test)]

@@ -327,13 +327,9 @@ async fn write_v3(
         Ok(precision) => precision,
         Err(response) => return response,
     };
-    let accept_partial = match query.accept_partial.as_deref() {
-        None | Some("true") => true,
-        Some("false") => false,
-        Some(other) => {
-            let message = format!("invalid accept_partial {other:?}: expected true or false");
-            return write::error_response(dialect, StatusCode::BAD_REQUEST, &message);
-        }
+    let accept_partial = match accept_partial_choice(dialect, query.accept_partial.as_deref()) {
+        Ok(accept_partial) => accept_partial,
+        Err(response) => return response,
     };
     write::respond(
         &gateway.inner,
@@ -393,13 +389,9 @@ async fn write_events(
     let Some(db) = query.db else {
         return write::error_response(dialect, StatusCode::BAD_REQUEST, "db is required");
     };
-    let accept_partial = match query.accept_partial.as_deref() {
-        None | Some("true") => true,
-        Some("false") => false,
-        Some(other) => {
-            let message = format!("invalid accept_partial {other:?}: expected true or false");
-            return write::error_response(dialect, StatusCode::BAD_REQUEST, &message);
-        }
+    let accept_partial = match accept_partial_choice(dialect, query.accept_partial.as_deref()) {
+        Ok(accept_partial) => accept_partial,
+        Err(response) => return response,
     };
     let precision = write::PrecisionChoice::Fixed(nublar_model::Precision::Ns);
     write::respond(
@@ -413,6 +405,23 @@ async fn write_events(
         body,
     )
     .await
+}
+
+/// The `accept_partial` parameter: true unless the client says false.
+#[allow(clippy::result_large_err)]
+fn accept_partial_choice(dialect: Dialect, value: Option<&str>) -> Result<bool, Response> {
+    match value {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => {
+            let message = format!("invalid accept_partial {other:?}: expected true or false");
+            Err(write::error_response(
+                dialect,
+                StatusCode::BAD_REQUEST,
+                &message,
+            ))
+        }
+    }
 }
 
 async fn health() -> &'static str {
