@@ -4,12 +4,13 @@
 //! `docs/nublar.example.toml` lists every option with its default; a test
 //! checks that it parses to exactly the defaults, so it cannot drift.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::Path;
 #[cfg(test)]
 use std::path::PathBuf;
 
 use anyhow::Context;
+use nublar_bfd::{Parameters, SessionSpec, SpeakerConfig};
 use nublar_ingest::{AccessConfig, IngestConfig, Prefix, Scope, Token};
 use serde::Deserialize;
 
@@ -20,6 +21,7 @@ pub struct NodeConfig {
     pub udp: UdpSection,
     pub log: LogSection,
     pub access: AccessSection,
+    pub bfd: BfdSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -48,6 +50,47 @@ pub struct LogSection {
     pub partitions: u32,
     /// 0 means no quota.
     pub disk_quota_bytes: u64,
+}
+
+/// BFD (RFC 5880/5881 single hop), off unless `enabled`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BfdSection {
+    pub enabled: bool,
+    /// Where Control packets are received; an empty string leaves IPv4 out.
+    pub ipv4_listen: String,
+    /// As `ipv4_listen`, for IPv6.
+    pub ipv6_listen: String,
+    pub desired_min_tx_ms: u32,
+    pub required_min_rx_ms: u32,
+    pub detect_multiplier: u8,
+    pub peers: Vec<BfdPeerSection>,
+}
+
+/// One configured BFD session; intervals left out take the section's.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BfdPeerSection {
+    pub local: IpAddr,
+    pub peer: IpAddr,
+    #[serde(default = "bfd_port")]
+    pub peer_port: u16,
+    pub desired_min_tx_ms: Option<u32>,
+    pub required_min_rx_ms: Option<u32>,
+    pub detect_multiplier: Option<u8>,
+    #[serde(default)]
+    pub passive: bool,
+}
+
+fn bfd_port() -> u16 {
+    nublar_bfd::limits::SINGLE_HOP_CONTROL_PORT
+}
+
+/// The BFD section turned into what the speaker takes.
+#[derive(Clone, Debug)]
+pub struct BfdPlan {
+    pub speaker: SpeakerConfig,
+    pub sessions: Vec<SessionSpec>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -90,6 +133,97 @@ impl Default for UdpSection {
             listen: "[::]:8089".parse().expect("a valid address"),
             db: IngestConfig::default().udp_db,
         }
+    }
+}
+
+impl Default for BfdSection {
+    fn default() -> BfdSection {
+        BfdSection {
+            enabled: false,
+            ipv4_listen: "0.0.0.0:3784".into(),
+            ipv6_listen: "[::]:3784".into(),
+            desired_min_tx_ms: 300,
+            required_min_rx_ms: 300,
+            detect_multiplier: 3,
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl BfdSection {
+    /// The speaker's sockets and sessions, or `None` when BFD is off.
+    pub fn plan(&self) -> anyhow::Result<Option<BfdPlan>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let ipv4_bind = match self.ipv4_listen.trim() {
+            "" => None,
+            text => Some(
+                text.parse::<SocketAddrV4>()
+                    .map_err(|error| anyhow::anyhow!("bfd.ipv4_listen {text:?}: {error}"))?,
+            ),
+        };
+        let ipv6_bind = match self.ipv6_listen.trim() {
+            "" => None,
+            text => Some(
+                text.parse::<SocketAddrV6>()
+                    .map_err(|error| anyhow::anyhow!("bfd.ipv6_listen {text:?}: {error}"))?,
+            ),
+        };
+        anyhow::ensure!(
+            ipv4_bind.is_some() || ipv6_bind.is_some(),
+            "bfd is enabled but both ipv4_listen and ipv6_listen are empty"
+        );
+        let mut sessions = Vec::new();
+        for peer in &self.peers {
+            let milliseconds = |ms: u32, what: &str| -> anyhow::Result<u32> {
+                ms.checked_mul(1000).with_context(|| {
+                    format!("bfd peer {}: {what} of {ms} ms is too large", peer.peer)
+                })
+            };
+            let parameters = Parameters {
+                desired_min_tx_interval_us: milliseconds(
+                    peer.desired_min_tx_ms.unwrap_or(self.desired_min_tx_ms),
+                    "desired_min_tx_ms",
+                )?,
+                required_min_rx_interval_us: milliseconds(
+                    peer.required_min_rx_ms.unwrap_or(self.required_min_rx_ms),
+                    "required_min_rx_ms",
+                )?,
+                detect_multiplier: peer.detect_multiplier.unwrap_or(self.detect_multiplier),
+            };
+            anyhow::ensure!(
+                peer.local.is_ipv4() == peer.peer.is_ipv4(),
+                "bfd peer {}: local {} is of another address family",
+                peer.peer,
+                peer.local
+            );
+            let bound = if peer.local.is_ipv4() {
+                ipv4_bind.is_some()
+            } else {
+                ipv6_bind.is_some()
+            };
+            anyhow::ensure!(
+                bound,
+                "bfd peer {}: no listen address of its family is configured",
+                peer.peer
+            );
+            sessions.push(SessionSpec {
+                local: peer.local,
+                peer: peer.peer,
+                peer_port: peer.peer_port,
+                parameters,
+                authentication: None,
+                passive: peer.passive,
+            });
+        }
+        Ok(Some(BfdPlan {
+            speaker: SpeakerConfig {
+                ipv4_bind,
+                ipv6_bind,
+            },
+            sessions,
+        }))
     }
 }
 
@@ -197,6 +331,12 @@ mod tests {
             "disk_quota_bytes",
             "allow",
             "trusted_proxies",
+            "enabled",
+            "ipv4_listen",
+            "ipv6_listen",
+            "desired_min_tx_ms",
+            "required_min_rx_ms",
+            "detect_multiplier",
         ] {
             assert!(
                 text.lines()
@@ -205,6 +345,65 @@ mod tests {
             );
         }
         parsed.ingest().unwrap();
+        assert!(parsed.bfd.plan().unwrap().is_none());
+        // The commented peer example at the end, uncommented, is a valid configuration too
+        // (its own remarks start with "##").
+        let start = text.find("# [[bfd.peers]]").expect("a peer example");
+        let example: Vec<&str> = text[start..]
+            .lines()
+            .filter(|line| !line.starts_with("##"))
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .collect();
+        let peers = format!("[bfd]\nenabled = true\n{}\n", example.join("\n"));
+        let peers: NodeConfig = toml::from_str(&peers).unwrap();
+        let plan = peers.bfd.plan().unwrap().unwrap();
+        assert_eq!(plan.sessions.len(), 2);
+    }
+
+    #[test]
+    fn bfd_peers_take_the_section_intervals_unless_they_set_their_own() {
+        let config: NodeConfig = toml::from_str(
+            "[bfd]\nenabled = true\nipv6_listen = \"\"\ndesired_min_tx_ms = 50\n\
+             [[bfd.peers]]\nlocal = \"127.0.0.1\"\npeer = \"127.0.0.2\"\n\
+             [[bfd.peers]]\nlocal = \"127.0.0.1\"\npeer = \"127.0.0.3\"\npeer_port = 4000\n\
+             required_min_rx_ms = 1000\ndetect_multiplier = 5\npassive = true\n",
+        )
+        .unwrap();
+        let plan = config.bfd.plan().unwrap().unwrap();
+        assert_eq!(plan.speaker.ipv6_bind, None);
+        assert_eq!(
+            plan.speaker.ipv4_bind,
+            Some("0.0.0.0:3784".parse().unwrap())
+        );
+        let [first, second] = &plan.sessions[..] else {
+            panic!("{plan:?}");
+        };
+        assert_eq!(first.peer_port, 3784);
+        assert!(!first.passive);
+        assert_eq!(
+            first.parameters,
+            Parameters {
+                desired_min_tx_interval_us: 50_000,
+                required_min_rx_interval_us: 300_000,
+                detect_multiplier: 3,
+            }
+        );
+        assert_eq!(second.peer_port, 4000);
+        assert!(second.passive);
+        assert_eq!(second.parameters.required_min_rx_interval_us, 1_000_000);
+        assert_eq!(second.parameters.detect_multiplier, 5);
+        // An IPv6 peer without an IPv6 listen address is refused, by name.
+        let config: NodeConfig = toml::from_str(
+            "[bfd]\nenabled = true\nipv6_listen = \"\"\n\
+             [[bfd.peers]]\nlocal = \"::1\"\npeer = \"::1\"\n",
+        )
+        .unwrap();
+        let error = config.bfd.plan().unwrap_err().to_string();
+        assert!(error.contains("no listen address"), "{error}");
+        let config: NodeConfig =
+            toml::from_str("[bfd]\nenabled = true\nipv4_listen = \"\"\nipv6_listen = \"\"\n")
+                .unwrap();
+        assert!(config.bfd.plan().is_err());
     }
 
     #[test]

@@ -207,15 +207,34 @@ fn is_locked(error: &anyhow::Error) -> bool {
 /// Sends the command to the node that owns `data` (its address is in
 /// `node.json`) and returns what it answers.
 fn ask_node(data: &Path, token: Option<&str>, command: &LogCommand) -> anyhow::Result<String> {
+    let body = serde_json::to_vec(&command.to_args())?;
+    post_to_node(data, token, OPERATOR_PATH, &body)
+}
+
+/// POSTs `body` to `path` on the node that owns `data` (its address is in
+/// `node.json`) and returns the text it answers with 200; any other status
+/// is an error carrying the node's answer. Shared by the operator commands.
+pub fn post_to_node(
+    data: &Path,
+    token: Option<&str>,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let file = data.join(NODE_FILE);
-    let node: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file)?)
-        .with_context(|| format!("reading {}", file.display()))?;
+    let text = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "reading {} (is a node running with --data {}?)",
+            file.display(),
+            data.display()
+        )
+    })?;
+    let node: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", file.display()))?;
     let address: std::net::SocketAddr = node["http"]
         .as_str()
         .and_then(|text| text.parse().ok())
         .with_context(|| format!("{} names no HTTP address", file.display()))?;
-    let body = serde_json::to_vec(&command.to_args())?;
     let mut stream =
         std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))
             .with_context(|| {
@@ -226,7 +245,7 @@ fn ask_node(data: &Path, token: Option<&str>, command: &LogCommand) -> anyhow::R
             })?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
     let mut head = format!(
-        "POST {OPERATOR_PATH} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     if let Some(token) = token {
@@ -234,7 +253,7 @@ fn ask_node(data: &Path, token: Option<&str>, command: &LogCommand) -> anyhow::R
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
-    stream.write_all(&body)?;
+    stream.write_all(body)?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply)?;
     let (head, text) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));

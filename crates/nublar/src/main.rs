@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_bfd;
+mod bfd_command;
 mod config;
 mod log_command;
 mod serve;
@@ -41,6 +42,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// Look inside the commit log of a data directory (asking its node when one owns it).
     Log(log_command::LogArgs),
+    /// BFD sessions of the node running on the data directory (`nublar bfd status`).
+    Bfd(bfd_command::BfdArgs),
     /// Benchmark programs; each prints its figures and the machine they ran on.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&cli.data, args),
         Command::Sim(args) => sim::run(args),
         Command::Log(command) => log_command::run(&cli.data, command),
+        Command::Bfd(args) => bfd_command::run(&cli.data, args),
         Command::Bench(command) => bench::run(command),
     };
     match result {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use nublar_bfd::Speaker;
 use nublar_bus::{Bus, EmbeddedBus};
 use nublar_ingest::Gateway;
 use nublar_log::{Log, OpenOptions};
@@ -120,6 +121,7 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let udp = UdpSocket::bind(udp_address)
         .await
         .with_context(|| format!("binding UDP to {udp_address}"))?;
+    let bfd = start_bfd(&node).await?.map(Arc::new);
     let node_file = data.join(crate::log_command::NODE_FILE);
     let reachable = reachable_address(http.local_addr()?);
     let announcement =
@@ -144,7 +146,7 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let (stop_udp, udp_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = {
         let gateway = gateway.clone();
-        let operator = operator_routes(gateway.clone(), log.clone());
+        let operator = operator_routes(gateway.clone(), log.clone(), bfd.clone());
         tokio::spawn(async move {
             gateway
                 .serve_http_with(
@@ -169,6 +171,9 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    if let Some(speaker) = &bfd {
+        announce_admin_down(speaker).await;
+    }
     eprintln!("draining: readiness is false, finishing the requests in flight");
     gateway.start_draining();
     let _ = stop_udp.send(());
@@ -186,11 +191,118 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let _ = std::fs::remove_file(&node_file);
+    if let Some(speaker) = bfd {
+        // The HTTP task, which held the other handle, has ended unless the drain timed out;
+        // then dropping this handle stops the speaker just the same.
+        if let Ok(speaker) = Arc::try_unwrap(speaker) {
+            speaker.stop().await;
+        }
+    }
     tokio::task::spawn_blocking(move || log.close())
         .await?
         .context("closing the log")?;
     eprintln!("stopped cleanly");
     Ok(())
+}
+
+/// Longest a SIGTERM waits for the peers to hear our AdminDown.
+const BFD_ADMIN_DOWN_WAIT_MAX: Duration = Duration::from_secs(5);
+/// AdminDown packets each session that was Up or Init sends before the speaker stops, so that
+/// one lost packet does not turn the drain into a detection timeout at the peer. The first goes
+/// out at the old rate; later ones at the 1 s rate RFC 5880 requires outside Up.
+const BFD_ADMIN_DOWN_PACKETS: u64 = 2;
+/// How often the drain looks at the sessions' counters.
+const BFD_ADMIN_DOWN_POLL: Duration = Duration::from_millis(20);
+
+/// Binds the BFD speaker and adds the configured peers, when `[bfd]` is enabled.
+async fn start_bfd(node: &NodeConfig) -> anyhow::Result<Option<Speaker>> {
+    let Some(plan) = node.bfd.plan()? else {
+        return Ok(None);
+    };
+    let speaker = Speaker::bind(plan.speaker).context("binding BFD")?;
+    for spec in plan.sessions {
+        let (local, peer) = (spec.local, spec.peer);
+        speaker
+            .add_session(spec)
+            .await
+            .with_context(|| format!("adding the BFD session {local} -> {peer}"))?;
+    }
+    let listening = [
+        speaker.ipv4_address().map(|address| address.to_string()),
+        speaker.ipv6_address().map(|address| address.to_string()),
+    ];
+    eprintln!(
+        "bfd listening on {}",
+        listening
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(Some(speaker))
+}
+
+/// Puts every BFD session in AdminDown and keeps the speaker running, bounded by
+/// [`BFD_ADMIN_DOWN_WAIT_MAX`], for one detection time and until every session that had a peer
+/// listening has sent [`BFD_ADMIN_DOWN_PACKETS`] AdminDown packets, so peers take the node's
+/// going away as a drain rather than a failure.
+async fn announce_admin_down(speaker: &Speaker) {
+    use nublar_bfd::State;
+    let started = tokio::time::Instant::now();
+    let Ok(before) = speaker.sessions().await else {
+        return;
+    };
+    // Sessions that were Down have nobody to tell (or already told them).
+    let listening =
+        |session: &&nublar_bfd::SessionStatus| matches!(session.state, State::Up | State::Init);
+    let detection = before
+        .iter()
+        .filter(listening)
+        .map(|session| {
+            session
+                .detection_time
+                .unwrap_or(session.transmit_interval * 3)
+        })
+        .max()
+        .unwrap_or_default();
+    if speaker.set_admin_down_all().await.is_err() {
+        return;
+    }
+    // Counted from here, so that only AdminDown packets count.
+    let Ok(after) = speaker.sessions().await else {
+        return;
+    };
+    let to_tell: std::collections::HashMap<_, _> = before
+        .iter()
+        .filter(listening)
+        .filter_map(|session| {
+            let now = after.iter().find(|now| now.id == session.id)?;
+            Some((session.id, now.counters.packets_sent))
+        })
+        .collect();
+    eprintln!(
+        "bfd: {} sessions AdminDown, telling {} peers",
+        before.len(),
+        to_tell.len()
+    );
+    let deadline = started + BFD_ADMIN_DOWN_WAIT_MAX;
+    loop {
+        let Ok(now) = speaker.sessions().await else {
+            return;
+        };
+        let everyone_told = now.iter().all(|session| match to_tell.get(&session.id) {
+            Some(sent) => session.counters.packets_sent >= sent + BFD_ADMIN_DOWN_PACKETS,
+            None => true,
+        });
+        if everyone_told && started.elapsed() >= detection {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("bfd: stopping before every peer was told AdminDown");
+            return;
+        }
+        tokio::time::sleep(BFD_ADMIN_DOWN_POLL).await;
+    }
 }
 
 /// Where a local command can reach a node listening on `bound`: the
@@ -211,17 +323,63 @@ fn reachable_address(bound: SocketAddr) -> SocketAddr {
 struct Operator {
     gateway: Gateway,
     log: Log,
+    /// `None` when BFD is not enabled.
+    bfd: Option<Arc<Speaker>>,
 }
 
-/// The node's operator API: `nublar log …` commands run against the log
-/// this node owns, for a token with the admin scope.
-fn operator_routes(gateway: Gateway, log: Log) -> axum::Router {
+/// The node's operator API, for a token with the admin scope: `nublar log …`
+/// commands run against the log this node owns, and `nublar bfd status`.
+fn operator_routes(gateway: Gateway, log: Log, bfd: Option<Arc<Speaker>>) -> axum::Router {
     axum::Router::new()
         .route(
             crate::log_command::OPERATOR_PATH,
             axum::routing::post(operator_command),
         )
-        .with_state(Operator { gateway, log })
+        .route(
+            crate::bfd_command::OPERATOR_PATH,
+            axum::routing::post(bfd_status),
+        )
+        .with_state(Operator { gateway, log, bfd })
+}
+
+/// Refuses a sender without the admin scope, as every operator route does.
+fn check_admin(
+    operator: &Operator,
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), (axum::http::StatusCode, String)> {
+    use axum::http::StatusCode;
+    let access = operator.gateway.access();
+    let sender = access.client_address(peer.ip(), headers);
+    access
+        .check_admin(sender, headers)
+        .map_err(|denied| match denied {
+            nublar_ingest::Denied::Unauthenticated(message) => (StatusCode::UNAUTHORIZED, message),
+            nublar_ingest::Denied::Forbidden(message) => (StatusCode::FORBIDDEN, message),
+        })
+}
+
+async fn bfd_status(
+    axum::extract::State(operator): axum::extract::State<Operator>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    if let Err(refused) = check_admin(&operator, peer, &headers) {
+        return refused.into_response();
+    }
+    let Some(speaker) = &operator.bfd else {
+        return (
+            StatusCode::NOT_FOUND,
+            "BFD is not enabled on this node ([bfd] enabled = false)",
+        )
+            .into_response();
+    };
+    match speaker.sessions().await {
+        Ok(sessions) => (StatusCode::OK, crate::bfd_command::render(&sessions)).into_response(),
+        Err(stopped) => (StatusCode::SERVICE_UNAVAILABLE, stopped.to_string()).into_response(),
+    }
 }
 
 async fn operator_command(
@@ -233,14 +391,8 @@ async fn operator_command(
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     use clap::Parser;
-    let access = operator.gateway.access();
-    let sender = access.client_address(peer.ip(), &headers);
-    if let Err(denied) = access.check_admin(sender, &headers) {
-        return match denied {
-            nublar_ingest::Denied::Unauthenticated(message) => (StatusCode::UNAUTHORIZED, message),
-            nublar_ingest::Denied::Forbidden(message) => (StatusCode::FORBIDDEN, message),
-        }
-        .into_response();
+    if let Err(refused) = check_admin(&operator, peer, &headers) {
+        return refused.into_response();
     }
     let Ok(args) = serde_json::from_slice::<Vec<String>>(&body) else {
         return (
