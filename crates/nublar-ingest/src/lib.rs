@@ -77,7 +77,14 @@ struct Inner {
     metrics: Metrics,
     schemas: schema::SchemaRegistry,
     dead_letter_buckets: dead_letters::SenderBuckets,
+    /// More Prometheus text appended to `/metrics` (the node's BFD sessions).
+    extra_metrics: std::sync::RwLock<Vec<MetricsSource>>,
 }
+
+/// Renders more lines of `/metrics`: a part of the node the gateway does not
+/// know (BFD) shows its state on the same page.
+pub type MetricsSource =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -118,6 +125,7 @@ impl Gateway {
                 metrics: Metrics::default(),
                 schemas,
                 dead_letter_buckets: dead_letters::SenderBuckets::new(),
+                extra_metrics: std::sync::RwLock::default(),
                 config,
             }),
         })
@@ -125,6 +133,11 @@ impl Gateway {
 
     pub fn access(&self) -> &AccessConfig {
         &self.inner.config.access
+    }
+
+    /// Adds `source`'s lines to every `/metrics` answer.
+    pub fn add_metrics(&self, source: MetricsSource) {
+        self.inner.extra_metrics.write().unwrap().push(source);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -451,6 +464,10 @@ async fn metrics_text(State(gateway): State<Gateway>) -> Response {
         .config
         .in_flight_bytes_max
         .saturating_sub(available);
-    let text = gateway.inner.metrics.render(in_flight);
+    let mut text = gateway.inner.metrics.render(in_flight);
+    let sources = gateway.inner.extra_metrics.read().unwrap().clone();
+    for source in sources {
+        text.push_str(&source().await);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

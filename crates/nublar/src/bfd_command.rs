@@ -80,6 +80,66 @@ pub fn render(sessions: &[SessionStatus]) -> String {
     out
 }
 
+/// The sessions as Prometheus gauges and counters for the node's `/metrics`,
+/// one series per session labelled by its local and peer address. States are
+/// numbered as in RFC 5880: 0 AdminDown, 1 Down, 2 Init, 3 Up.
+pub fn prometheus(sessions: &[SessionStatus]) -> String {
+    type Value = fn(&SessionStatus) -> f64;
+    let series: [(&str, &str, Value); 8] = [
+        ("nublar_bfd_session_up", "gauge", |session| {
+            f64::from(u8::from(session.state == State::Up))
+        }),
+        ("nublar_bfd_session_state", "gauge", |session| {
+            f64::from(session.state.code())
+        }),
+        ("nublar_bfd_session_remote_state", "gauge", |session| {
+            f64::from(session.remote_state.code())
+        }),
+        (
+            "nublar_bfd_session_transmit_interval_seconds",
+            "gauge",
+            |session| session.transmit_interval.as_secs_f64(),
+        ),
+        (
+            "nublar_bfd_session_detection_time_seconds",
+            "gauge",
+            |session| {
+                session
+                    .detection_time
+                    .map_or(0.0, |time| time.as_secs_f64())
+            },
+        ),
+        (
+            "nublar_bfd_session_packets_sent_total",
+            "counter",
+            |session| session.counters.packets_sent as f64,
+        ),
+        (
+            "nublar_bfd_session_packets_received_total",
+            "counter",
+            |session| session.counters.packets_received as f64,
+        ),
+        (
+            "nublar_bfd_session_transmit_errors_total",
+            "counter",
+            |session| session.counters.transmit_errors as f64,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, value) in series {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for session in sessions {
+            let (local, peer) = (session.local, session.peer);
+            let _ = writeln!(
+                out,
+                "{name}{{local=\"{local}\",peer=\"{peer}\"}} {}",
+                value(session)
+            );
+        }
+    }
+    out
+}
+
 fn milliseconds(time: Duration) -> u128 {
     time.as_millis()
 }

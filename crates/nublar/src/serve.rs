@@ -142,6 +142,22 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         );
     }
 
+    if let Some(speaker) = &bfd {
+        let speaker = Arc::downgrade(speaker);
+        gateway.add_metrics(Arc::new(move || {
+            let speaker = speaker.clone();
+            Box::pin(async move {
+                match speaker.upgrade() {
+                    Some(speaker) => match speaker.sessions().await {
+                        Ok(sessions) => crate::bfd_command::prometheus(&sessions),
+                        Err(_) => String::new(),
+                    },
+                    None => String::new(),
+                }
+            })
+        }));
+    }
+
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (stop_udp, udp_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = {

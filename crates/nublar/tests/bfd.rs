@@ -155,6 +155,25 @@ fn sessions_come_up_and_a_sigterm_is_seen_as_admin_down() {
         assert_eq!(row[10], "0", "drops: {row:?}");
     }
 
+    // /metrics shows the session too.
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(a.http).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    };
+    for line in [
+        "nublar_bfd_session_up{local=\"127.0.0.1\",peer=\"127.0.0.2\"} 1",
+        "nublar_bfd_session_state{local=\"127.0.0.1\",peer=\"127.0.0.2\"} 3",
+        "nublar_bfd_session_detection_time_seconds{local=\"127.0.0.1\",peer=\"127.0.0.2\"} 0.3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
     // B drains: A must see the peer's AdminDown, not a detection timeout.
     b.signal(libc::SIGTERM);
     let mut seen = Vec::new();
