@@ -19,8 +19,8 @@
 //! request adds no second copy.
 //!
 //! Bounded twice, so that a sender with a broken client cannot fill the
-//! disk: at most `DEAD_LETTERS_PER_REQUEST_MAX` per request and
-//! `DEAD_LETTERS_PER_SENDER_PER_SECOND` per sender (a token bucket per
+//! disk: at most `dead_letters_per_request_max` per request and
+//! `dead_letters_per_sender_per_second` per sender (a token bucket per
 //! address, for at most `DEAD_LETTER_SENDERS_MAX` addresses at once); the
 //! rest are counted in `nublar_ingest_dead_letters_dropped_total`. They are
 //! appended after the request's batch, and a failure to append them is
@@ -35,9 +35,7 @@ use nublar_bus::{BatchBuilder, Compression, TopicConfig};
 use serde::Serialize;
 
 use crate::Inner;
-use crate::limits::{
-    DEAD_LETTER_SENDERS_MAX, DEAD_LETTERS_PER_REQUEST_MAX, DEAD_LETTERS_PER_SENDER_PER_SECOND,
-};
+use crate::limits::DEAD_LETTER_SENDERS_MAX;
 use crate::write::Rejected;
 
 /// The topic rejected lines are kept in.
@@ -50,6 +48,7 @@ pub(crate) fn topic_config() -> TopicConfig {
 /// One token bucket per sender, refilled at the per-second bound.
 pub(crate) struct SenderBuckets {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    per_second: usize,
 }
 
 struct Bucket {
@@ -89,7 +88,9 @@ pub(crate) async fn append(
     if rejected_total == 0 {
         return;
     }
-    let wanted = rejected.len().min(DEAD_LETTERS_PER_REQUEST_MAX);
+    let wanted = rejected
+        .len()
+        .min(inner.config.dead_letters_per_request_max);
     let granted = inner.dead_letter_buckets.take(origin.sender, wanted);
     let mut dropped = rejected_total - granted;
     if granted > 0 {
@@ -138,9 +139,10 @@ pub(crate) async fn append(
 }
 
 impl SenderBuckets {
-    pub(crate) fn new() -> SenderBuckets {
+    pub(crate) fn new(per_second: usize) -> SenderBuckets {
         SenderBuckets {
             buckets: Mutex::new(HashMap::new()),
+            per_second,
         }
     }
 
@@ -150,7 +152,7 @@ impl SenderBuckets {
     }
 
     fn take_at(&self, sender: IpAddr, wanted: usize, now: Instant) -> usize {
-        let rate = DEAD_LETTERS_PER_SENDER_PER_SECOND as f64;
+        let rate = self.per_second as f64;
         let mut buckets = self.buckets.lock().unwrap();
         if !buckets.contains_key(&sender) && buckets.len() >= DEAD_LETTER_SENDERS_MAX {
             // A bucket that has refilled completely says nothing a new one
@@ -182,14 +184,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::limits::DEAD_LETTERS_PER_SENDER_PER_SECOND_DEFAULT;
 
     #[test]
     fn each_sender_gets_its_rate_and_refills_over_time() {
-        let buckets = SenderBuckets::new();
+        let buckets = SenderBuckets::new(DEAD_LETTERS_PER_SENDER_PER_SECOND_DEFAULT);
         let start = Instant::now();
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let b: IpAddr = "192.0.2.1".parse().unwrap();
-        let rate = DEAD_LETTERS_PER_SENDER_PER_SECOND;
+        let rate = DEAD_LETTERS_PER_SENDER_PER_SECOND_DEFAULT;
         assert_eq!(buckets.take_at(a, rate - 10, start), rate - 10);
         assert_eq!(buckets.take_at(a, 100, start), 10);
         assert_eq!(buckets.take_at(a, 100, start), 0);
@@ -202,7 +205,7 @@ mod tests {
 
     #[test]
     fn the_number_of_senders_tracked_is_bounded() {
-        let buckets = SenderBuckets::new();
+        let buckets = SenderBuckets::new(DEAD_LETTERS_PER_SENDER_PER_SECOND_DEFAULT);
         let start = Instant::now();
         for index in 0..DEAD_LETTER_SENDERS_MAX as u32 {
             let sender = IpAddr::from(std::net::Ipv4Addr::from(index));

@@ -21,7 +21,7 @@
 //! stored line fits the registry. Lines that conflict with it are rejected
 //! like lines that do not parse (`field_type_conflict`,
 //! `column_kind_conflict`, and `too_many_columns` past the registry's bound,
-//! `SCHEMA_COLUMNS_MAX` in `limits.rs`).
+//! `schema_columns_max` in `IngestConfig`).
 //!
 //! Dead letters (`dead_letters.rs`): topic `_dead_letters`, one partition,
 //! one JSON record per rejected line, `{"db","line_number","reason",
@@ -112,7 +112,7 @@ impl Gateway {
         bus.ensure_topic(DEAD_LETTERS_TOPIC, dead_letters::topic_config())
             .await
             .map_err(StartError::Topic)?;
-        let schemas = schema::SchemaRegistry::open(bus.as_ref(), limits::SCHEMA_COLUMNS_MAX)
+        let schemas = schema::SchemaRegistry::open(bus.as_ref(), config.schema_columns_max)
             .await
             .map_err(StartError::Schemas)?;
         let permits = config.in_flight_bytes_max.div_ceil(limits::PERMIT_BYTES);
@@ -124,7 +124,9 @@ impl Gateway {
                 draining: AtomicBool::new(false),
                 metrics: Metrics::default(),
                 schemas,
-                dead_letter_buckets: dead_letters::SenderBuckets::new(),
+                dead_letter_buckets: dead_letters::SenderBuckets::new(
+                    config.dead_letters_per_sender_per_second,
+                ),
                 extra_metrics: std::sync::RwLock::default(),
                 config,
             }),

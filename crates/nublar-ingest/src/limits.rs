@@ -24,12 +24,12 @@ pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// (about 100 bytes each in memory); past it a line introducing a new column
 /// is rejected (`too_many_columns`). A constant rather than an option: it
 /// bounds memory, and a deployment that needs more has a schema problem.
-pub const SCHEMA_COLUMNS_MAX: usize = 100_000;
+pub const SCHEMA_COLUMNS_DEFAULT: usize = 100_000;
 /// Rejected lines kept as dead letters per request; the rest are counted.
-pub const DEAD_LETTERS_PER_REQUEST_MAX: usize = 100;
+pub const DEAD_LETTERS_PER_REQUEST_DEFAULT: usize = 100;
 /// Dead letters kept per sender address per second (a token bucket of this
 /// size, refilled at this rate); the rest are counted.
-pub const DEAD_LETTERS_PER_SENDER_PER_SECOND: usize = 1000;
+pub const DEAD_LETTERS_PER_SENDER_PER_SECOND_DEFAULT: usize = 1000;
 /// Sender addresses whose dead letter buckets are tracked at once.
 pub const DEAD_LETTER_SENDERS_MAX: usize = 10_000;
 /// What a client is told to wait before retrying when the gateway is full.
@@ -37,7 +37,7 @@ pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 const _: () = assert!(BODY_BYTES_DEFAULT <= DECOMPRESSED_BYTES_DEFAULT);
 // Dead letters are taken from the lines a response details.
-const _: () = assert!(DEAD_LETTERS_PER_REQUEST_MAX <= REJECTED_LINES_REPORTED_MAX);
+const _: () = assert!(DEAD_LETTERS_PER_REQUEST_DEFAULT <= REJECTED_LINES_REPORTED_MAX);
 const _: () = assert!(DECOMPRESSED_BYTES_DEFAULT <= IN_FLIGHT_BYTES_DEFAULT);
 // `<db>/<key>` must fit the log's batch key limit.
 const _: () = assert!(
@@ -59,6 +59,13 @@ pub struct IngestConfig {
     pub body_read_timeout_ms: u64,
     /// Tokens, allow-lists and trusted proxies; open when it has no token.
     pub access: crate::auth::AccessConfig,
+    /// Rejected lines kept as dead letters per request (at most the
+    /// rejected lines a response lists) and per sender per second.
+    pub dead_letters_per_request_max: usize,
+    pub dead_letters_per_sender_per_second: usize,
+    /// Columns the schema registry remembers over all tables; past it, new
+    /// columns are rejected (`too_many_columns`).
+    pub schema_columns_max: usize,
 }
 
 impl Default for IngestConfig {
@@ -73,6 +80,9 @@ impl Default for IngestConfig {
             header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
             body_read_timeout_ms: BODY_READ_TIMEOUT_MS_DEFAULT,
             access: crate::auth::AccessConfig::default(),
+            dead_letters_per_request_max: DEAD_LETTERS_PER_REQUEST_DEFAULT,
+            dead_letters_per_sender_per_second: DEAD_LETTERS_PER_SENDER_PER_SECOND_DEFAULT,
+            schema_columns_max: SCHEMA_COLUMNS_DEFAULT,
         }
     }
 }
@@ -84,6 +94,14 @@ impl IngestConfig {
         }
         if self.decompressed_bytes_max > self.in_flight_bytes_max {
             return Err("decompressed_bytes_max must not exceed in_flight_bytes_max".into());
+        }
+        if self.dead_letters_per_request_max > REJECTED_LINES_REPORTED_MAX {
+            return Err(format!(
+                "dead_letters_per_request_max must be at most {REJECTED_LINES_REPORTED_MAX}"
+            ));
+        }
+        if self.schema_columns_max == 0 {
+            return Err("schema_columns_max must be at least 1".into());
         }
         if self.connections_max == 0 {
             return Err("connections_max must be at least 1".into());

@@ -22,6 +22,39 @@ pub struct NodeConfig {
     pub log: LogSection,
     pub access: AccessSection,
     pub bfd: BfdSection,
+    pub dead_letters: DeadLettersSection,
+    pub schema: SchemaSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeadLettersSection {
+    pub per_request_max: usize,
+    pub per_sender_per_second: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaSection {
+    pub columns_max: usize,
+}
+
+impl Default for DeadLettersSection {
+    fn default() -> DeadLettersSection {
+        let ingest = IngestConfig::default();
+        DeadLettersSection {
+            per_request_max: ingest.dead_letters_per_request_max,
+            per_sender_per_second: ingest.dead_letters_per_sender_per_second,
+        }
+    }
+}
+
+impl Default for SchemaSection {
+    fn default() -> SchemaSection {
+        SchemaSection {
+            columns_max: IngestConfig::default().schema_columns_max,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -294,6 +327,9 @@ impl NodeConfig {
                 allow: prefixes(&self.access.allow, "access.allow")?,
                 trusted_proxies: prefixes(&self.access.trusted_proxies, "access.trusted_proxies")?,
             },
+            dead_letters_per_request_max: self.dead_letters.per_request_max,
+            dead_letters_per_sender_per_second: self.dead_letters.per_sender_per_second,
+            schema_columns_max: self.schema.columns_max,
         };
         config
             .validate()
@@ -329,6 +365,9 @@ mod tests {
             "db",
             "partitions",
             "disk_quota_bytes",
+            "per_request_max",
+            "per_sender_per_second",
+            "columns_max",
             "allow",
             "trusted_proxies",
             "enabled",
