@@ -1137,35 +1137,28 @@ fn scan_float(token: &[u8]) -> FloatScan {
 /// Must pair backslashes exactly as [`LineParser::name`] does: from the left, a backslash
 /// and an escapable byte form one escape.
 fn unescape_name(raw: &str, kind: NameKind) -> String {
+    unescape(raw, |byte| kind.is_escapable(byte))
+}
+
+/// In a quoted string only `\"` and `\\` are escapes.
+fn unescape_string(raw: &str) -> String {
+    unescape(raw, |byte| matches!(byte, b'"' | b'\\'))
+}
+
+/// Removes the backslash of every escape, pairing from the left.
+fn unescape(raw: &str, is_escapable: impl Fn(u8) -> bool) -> String {
     let bytes = raw.as_bytes();
     let mut unescaped = String::with_capacity(raw.len());
     let mut copied = 0;
     let mut position = 0;
     while position < bytes.len() {
         if bytes[position] == b'\\'
-            && position + 1 < bytes.len()
-            && kind.is_escapable(bytes[position + 1])
+            && bytes
+                .get(position + 1)
+                .is_some_and(|&next| is_escapable(next))
         {
             unescaped.push_str(&raw[copied..position]);
             // The escaped byte starts the next copied run.
-            copied = position + 1;
-            position += 2;
-        } else {
-            position += 1;
-        }
-    }
-    unescaped.push_str(&raw[copied..]);
-    unescaped
-}
-
-fn unescape_string(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut unescaped = String::with_capacity(raw.len());
-    let mut copied = 0;
-    let mut position = 0;
-    while position < bytes.len() {
-        if bytes[position] == b'\\' && matches!(bytes.get(position + 1), Some(b'"' | b'\\')) {
-            unescaped.push_str(&raw[copied..position]);
             copied = position + 1;
             position += 2;
         } else {
