@@ -22,8 +22,8 @@ pub use packet::{
     Sha1Section, SimplePassword, State,
 };
 pub use runtime::{
-    AddSessionError, BindError, SessionCounters, SessionDrops, SessionError, SessionId,
-    SessionSpec, SessionStatus, Speaker, SpeakerConfig, SpeakerCounters, SpeakerDrops,
+    AcceptPolicy, AddSessionError, BindError, SessionCounters, SessionDrops, SessionError,
+    SessionId, SessionSpec, SessionStatus, Speaker, SpeakerConfig, SpeakerCounters, SpeakerDrops,
     SpeakerStopped, StateEvent,
 };
 pub use session::{

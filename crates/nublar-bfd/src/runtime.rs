@@ -31,6 +31,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket as StdUdpSocket};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::io::Interest;
@@ -75,6 +76,25 @@ pub struct SessionSpec {
     pub passive: bool,
 }
 
+/// Which unknown peers the speaker answers, and how: a router or a gateway cannot list every
+/// sender that may want a session with it, so a Down packet with Your Discriminator zero from an
+/// address `admit` says yes to starts a passive session (local address = where the packet was
+/// sent, peer = where it came from, answered on the port the speaker listens on).
+#[derive(Clone)]
+pub struct AcceptPolicy {
+    /// Usually a prefix allow-list; a function so the speaker does not fix how it is written.
+    pub admit: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
+    pub parameters: Parameters,
+    /// When set, the first packet must already pass it, so that unauthenticated packets never
+    /// make the speaker open sockets.
+    pub authentication: Option<AuthenticationMode>,
+    /// Accepted sessions alive at once at most; further peers are refused and counted.
+    pub sessions_max: usize,
+    /// An accepted session that is not Up and has heard nothing for this long is removed, so
+    /// senders that went away do not keep sockets and slow transmissions forever.
+    pub idle: Duration,
+}
+
 /// Names a session for as long as the speaker runs; never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(u64);
@@ -113,6 +133,9 @@ pub struct SessionStatus {
     /// `None` until a packet has been received.
     pub detection_time: Option<Duration>,
     pub poll_active: bool,
+    /// Started by the speaker for a peer its [`AcceptPolicy`] admits, not by
+    /// [`Speaker::add_session`].
+    pub accepted: bool,
     pub counters: SessionCounters,
 }
 
@@ -147,6 +170,10 @@ pub struct SessionDrops {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpeakerCounters {
     pub datagrams_received: u64,
+    /// Sessions started for peers the [`AcceptPolicy`] admits.
+    pub sessions_accepted: u64,
+    /// Accepted sessions removed after their idle time.
+    pub sessions_expired: u64,
     /// `recvmsg` failures other than "nothing queued".
     pub receive_errors: u64,
     pub drops: SpeakerDrops,
@@ -161,8 +188,13 @@ pub struct SpeakerDrops {
     pub wrong_ttl: u64,
     /// Your Discriminator is nonzero and no session has it.
     pub unknown_discriminator: u64,
-    /// Your Discriminator is zero and no session has this (local, peer) address pair.
+    /// Your Discriminator is zero and no session has this (local, peer) address pair, and the
+    /// accept policy (if any) does not cover the peer.
     pub unknown_peer: u64,
+    /// From an admitted peer, but the accept policy's authentication refused the packet.
+    pub accept_authentication: u64,
+    /// From an admitted peer, but the policy's `sessions_max` (or the speaker's limit) is reached.
+    pub accept_limit: u64,
 }
 
 /// Why [`Speaker::bind`] failed.
@@ -311,6 +343,9 @@ impl Speaker {
             next_source_port: first_source_port,
             random,
             counters: SpeakerCounters::default(),
+            accept: None,
+            accepted_sessions: 0,
+            next_sweep: None,
         };
         let task = tokio::spawn(driver.run());
         Ok(Speaker {
@@ -382,6 +417,24 @@ impl Speaker {
     pub async fn set_admin_down_all(&self) -> Result<(), SpeakerStopped> {
         self.request(|reply| Command::SetAdminDownAll { reply })
             .await
+    }
+
+    /// Answers unknown peers inside the policy's prefixes from now on (`None`: only sessions
+    /// added with [`Speaker::add_session`]). Sessions already accepted keep running; the new
+    /// policy's `idle` applies to them too.
+    pub async fn set_accept_policy(
+        &self,
+        policy: Option<AcceptPolicy>,
+    ) -> Result<(), AddSessionError> {
+        if let Some(policy) = &policy {
+            policy
+                .parameters
+                .validate()
+                .map_err(AddSessionError::InvalidParameters)?;
+        }
+        self.request(|reply| Command::SetAcceptPolicy { policy, reply })
+            .await
+            .map_err(|SpeakerStopped| AddSessionError::Stopped)
     }
 
     /// State changes from now on; `Closed` once the speaker has stopped. A subscriber more than
@@ -542,6 +595,10 @@ enum Command {
     Counters {
         reply: oneshot::Sender<SpeakerCounters>,
     },
+    SetAcceptPolicy {
+        policy: Option<AcceptPolicy>,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The state the speaker task owns.
@@ -566,6 +623,11 @@ struct Driver {
     /// unpredictable enough not to collide with a previous run's.
     random: SplitMix64Jitter,
     counters: SpeakerCounters,
+    accept: Option<AcceptPolicy>,
+    /// Accepted sessions alive now.
+    accepted_sessions: usize,
+    /// When idle accepted sessions are looked for next; `None` while there are none.
+    next_sweep: Option<Duration>,
 }
 
 struct Entry {
@@ -577,6 +639,9 @@ struct Entry {
     source_port: u16,
     scheduled: Option<Duration>,
     counters: SessionCounters,
+    accepted: bool,
+    /// When the session last accepted a packet (or was created).
+    last_received: Duration,
 }
 
 /// What woke the task; computed inside `select!` and handled after it, when the futures that
@@ -600,7 +665,13 @@ impl Driver {
             // always readable (a flood of junk on port 3784) must not hold back transmissions
             // and detection, which is what keeps the sessions alive.
             self.fire_timers();
-            let deadline = self.timers.first().map(|(at, _)| self.epoch + *at);
+            self.sweep_idle_sessions();
+            let next_timer = self.timers.first().map(|(at, _)| *at);
+            let deadline = match (next_timer, self.next_sweep) {
+                (Some(timer), Some(sweep)) => Some(timer.min(sweep)),
+                (timer, sweep) => timer.or(sweep),
+            }
+            .map(|at| self.epoch + at);
             // Unbiased: tokio picks among ready branches at random, so neither socket nor the
             // command channel can starve the others.
             let wake = tokio::select! {
@@ -640,17 +711,9 @@ impl Driver {
                 let _ = reply.send(self.add_session(spec));
             }
             Command::Remove { id, reply } => {
-                let result = match self.sessions.remove(&id) {
-                    Some(entry) => {
-                        self.by_discriminator
-                            .remove(&entry.session.local_discriminator().get());
-                        self.by_addresses.remove(&(entry.local, entry.peer));
-                        if let Some(at) = entry.scheduled {
-                            self.timers.remove(&(at, id));
-                        }
-                        Ok(())
-                    }
-                    None => Err(SessionError::UnknownSession),
+                let result = match self.remove_session(id) {
+                    true => Ok(()),
+                    false => Err(SessionError::UnknownSession),
                 };
                 let _ = reply.send(result);
             }
@@ -702,6 +765,122 @@ impl Driver {
             }
             Command::Counters { reply } => {
                 let _ = reply.send(self.counters);
+            }
+            Command::SetAcceptPolicy { policy, reply } => {
+                self.accept = policy;
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Forgets a session; false when there is none with this id.
+    fn remove_session(&mut self, id: SessionId) -> bool {
+        let Some(entry) = self.sessions.remove(&id) else {
+            return false;
+        };
+        self.by_discriminator
+            .remove(&entry.session.local_discriminator().get());
+        self.by_addresses.remove(&(entry.local, entry.peer));
+        if let Some(at) = entry.scheduled {
+            self.timers.remove(&(at, id));
+        }
+        if entry.accepted {
+            self.accepted_sessions -= 1;
+        }
+        true
+    }
+
+    /// Removes accepted sessions that are not Up and have heard nothing for the policy's idle
+    /// time. Runs at most about once a second, and not at all while nothing was accepted.
+    fn sweep_idle_sessions(&mut self) {
+        let now = self.now();
+        if self.next_sweep.is_none_or(|at| at > now) {
+            return;
+        }
+        let idle = self
+            .accept
+            .as_ref()
+            .map_or(Duration::ZERO, |policy| policy.idle);
+        let expired: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, entry)| {
+                entry.accepted
+                    && !matches!(entry.session.state(), State::Up | State::Init)
+                    && now.saturating_sub(entry.last_received) >= idle
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.remove_session(id);
+            self.counters.sessions_expired += 1;
+        }
+        self.next_sweep = (self.accepted_sessions > 0).then(|| now + ACCEPTED_SWEEP_INTERVAL);
+    }
+
+    /// Starts a passive session for an unknown peer when the accept policy admits it; `None`
+    /// when it does not, counted by reason.
+    fn accept_peer(
+        &mut self,
+        now: Duration,
+        destination: Option<IpAddr>,
+        source: IpAddr,
+        packet: &ControlPacket,
+        wire: &[u8],
+    ) -> Option<SessionId> {
+        let admitted = |policy: &&AcceptPolicy| (policy.admit)(source);
+        // RFC 5880 section 6.8.6: with Your Discriminator zero only Down (or AdminDown, which
+        // starts nothing) is valid.
+        let (Some(policy), Some(local), State::Down) = (
+            self.accept.as_ref().filter(admitted),
+            destination,
+            packet.state,
+        ) else {
+            self.counters.drops.unknown_peer += 1;
+            return None;
+        };
+        let authenticated = match &policy.authentication {
+            None => packet.authentication.is_none(),
+            Some(mode) => Authenticator::new(mode.clone(), 0)
+                .verify(packet, wire)
+                .is_ok(),
+        };
+        if !authenticated {
+            self.counters.drops.accept_authentication += 1;
+            return None;
+        }
+        if self.accepted_sessions >= policy.sessions_max {
+            self.counters.drops.accept_limit += 1;
+            return None;
+        }
+        let listen_port = match local {
+            IpAddr::V4(_) => self.ipv4.as_ref().and_then(|s| s.local_addr().ok()),
+            IpAddr::V6(_) => self.ipv6.as_ref().and_then(|s| s.local_addr().ok()),
+        }
+        .map_or(SINGLE_HOP_CONTROL_PORT, |address| address.port());
+        let spec = SessionSpec {
+            local,
+            peer: source,
+            peer_port: listen_port,
+            parameters: policy.parameters,
+            authentication: policy.authentication.clone(),
+            passive: true,
+        };
+        match self.add_session(spec) {
+            Ok(id) => {
+                let entry = self.sessions.get_mut(&id).expect("just added");
+                entry.accepted = true;
+                entry.last_received = now;
+                self.accepted_sessions += 1;
+                self.counters.sessions_accepted += 1;
+                if self.next_sweep.is_none() {
+                    self.next_sweep = Some(now + ACCEPTED_SWEEP_INTERVAL);
+                }
+                Some(id)
+            }
+            Err(_) => {
+                self.counters.drops.accept_limit += 1;
+                None
             }
         }
     }
@@ -768,6 +947,8 @@ impl Driver {
                 source_port,
                 scheduled: None,
                 counters: SessionCounters::default(),
+                accepted: false,
+                last_received: self.now(),
             },
         );
         self.by_discriminator.insert(discriminator.get(), id);
@@ -843,6 +1024,9 @@ impl Driver {
             }
         };
         let source = info.source.ip();
+        // The hash of authenticated packets covers exactly Length bytes; decode checked that
+        // the payload holds that many.
+        let wire = &payload[..usize::from(payload[3])];
         let id = if packet.your_discriminator != 0 {
             match self.by_discriminator.get(&packet.your_discriminator) {
                 Some(id) => *id,
@@ -854,13 +1038,10 @@ impl Driver {
         } else {
             let found = info
                 .destination
-                .and_then(|destination| self.by_addresses.get(&(destination, source)));
-            match found {
-                Some(id) => *id,
-                None => {
-                    self.counters.drops.unknown_peer += 1;
-                    return;
-                }
+                .and_then(|destination| self.by_addresses.get(&(destination, source)).copied());
+            match found.or_else(|| self.accept_peer(now, info.destination, source, &packet, wire)) {
+                Some(id) => id,
+                None => return,
             }
         };
         let entry = self
@@ -871,12 +1052,10 @@ impl Driver {
             entry.counters.drops.address_mismatch += 1;
             return;
         }
-        // The hash of authenticated packets covers exactly Length bytes; decode checked that
-        // the payload holds that many.
-        let wire = &payload[..usize::from(payload[3])];
         match entry.session.on_packet(now, &packet, wire) {
             Ok(actions) => {
                 entry.counters.packets_received += 1;
+                entry.last_received = now;
                 if packet.poll {
                     entry.counters.poll_packets_received += 1;
                 }
@@ -980,8 +1159,24 @@ impl Entry {
             transmit_interval: session.transmit_interval(),
             detection_time: session.detection_time(),
             poll_active: session.poll_active(),
+            accepted: self.accepted,
             counters: self.counters,
         }
+    }
+}
+
+/// How often idle accepted sessions are looked for: their idle time is meant in seconds.
+const ACCEPTED_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+impl fmt::Debug for AcceptPolicy {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("AcceptPolicy")
+            .field("parameters", &self.parameters)
+            .field("authentication", &self.authentication.is_some())
+            .field("sessions_max", &self.sessions_max)
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
     }
 }
 

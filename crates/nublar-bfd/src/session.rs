@@ -144,7 +144,9 @@ pub struct Session<J> {
     /// The unjittered interval `next_transmit_at` was computed with.
     scheduled_interval_us: u32,
     detection_deadline: Option<Duration>,
-    last_valid_receive_at: Option<Duration>,
+    /// bfd.AuthSeqKnown is cleared for a packet received after this: two detection times
+    /// after the last valid packet (RFC 5880 section 6.8.1).
+    authentication_forget_at: Option<Duration>,
     admin_down: Option<AdminDownProgress>,
 }
 
@@ -223,7 +225,7 @@ impl<J: Jitter> Session<J> {
             next_transmit_at: (!config.passive).then_some(Duration::ZERO),
             scheduled_interval_us: 0,
             detection_deadline: None,
-            last_valid_receive_at: None,
+            authentication_forget_at: None,
             admin_down: None,
         })
     }
@@ -245,12 +247,9 @@ impl<J: Jitter> Session<J> {
                 received: packet.your_discriminator,
             });
         }
-        let silent_too_long = match (self.last_valid_receive_at, self.detection_time()) {
-            (Some(last), Some(detection_time)) => {
-                now.saturating_sub(last) > detection_time * AUTH_SEQUENCE_FORGET_DETECTION_TIMES
-            }
-            _ => false,
-        };
+        let silent_too_long = self
+            .authentication_forget_at
+            .is_some_and(|deadline| now > deadline);
         match (&mut self.authentication, &packet.authentication) {
             (None, Some(_)) => return Err(ReceiveError::AuthenticationUnexpected),
             (None, None) => {}
@@ -263,7 +262,6 @@ impl<J: Jitter> Session<J> {
                     .map_err(ReceiveError::Authentication)?;
             }
         }
-        self.last_valid_receive_at = Some(now);
 
         self.remote = RemoteView {
             discriminator: packet.my_discriminator,
@@ -274,6 +272,12 @@ impl<J: Jitter> Session<J> {
             required_min_rx_us: packet.required_min_rx_interval_us,
             detect_multiplier: packet.detect_multiplier,
         };
+        // Fixed now, while the detection time is known: a detection timeout forgets the peer's
+        // timers, and the sequence number must still be forgotten after that silence, since
+        // a peer that restarted begins at a new random one.
+        self.authentication_forget_at = self
+            .detection_time()
+            .map(|time| now.saturating_add(time * AUTH_SEQUENCE_FORGET_DETECTION_TIMES));
         if packet.final_ && self.poll_active {
             self.finish_poll();
         }

@@ -5,17 +5,18 @@
 //! Needs root, `ip` and FRR. Without them the test prints why and passes, unless `CI=true`,
 //! where a missing piece is a failure: CI must really run it.
 
+mod lab;
+
 use std::fs;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use lab::{command_exists, find, run, wait_for_status};
 use nublar_bfd::{
-    Diagnostic, Parameters, SessionId, SessionSpec, SessionStatus, Speaker, SpeakerConfig, State,
-    StateEvent,
+    Diagnostic, Parameters, SessionId, SessionSpec, Speaker, SpeakerConfig, State, StateEvent,
 };
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -36,32 +37,15 @@ const DETECTION_MARGIN: Duration = Duration::from_millis(250);
 
 #[test]
 fn speaker_interoperates_with_frr_bfdd() {
-    if let Err(reason) = requirements() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("FRR interop test cannot run under CI=true: {reason}");
-        }
-        // Straight to stderr: libtest captures `eprintln!` of passing tests, and a skip that
-        // nobody sees looks like a pass.
-        let _ = writeln!(std::io::stderr(), "skipping FRR interop test: {reason}");
+    if !lab::ready("the FRR interop test", requirements) {
         return;
     }
     let started = std::time::Instant::now();
     let lab = Lab::create();
     let frr = lab.frr.clone();
     let our_namespace = lab.our_namespace.clone();
-    let outcome = std::thread::spawn(move || {
-        enter_namespace(&our_namespace);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        runtime.block_on(scenario(&frr));
-    })
-    .join();
-    if let Err(panic) = outcome {
-        // The lab's Drop cleans up and shows FRR's log while the panic goes on.
-        std::panic::resume_unwind(panic);
-    }
+    // The lab's Drop cleans up and shows FRR's log if the scenario panics.
+    lab::run_in_namespace(our_namespace, move || async move { scenario(&frr).await });
     drop(lab);
     let _ = writeln!(
         std::io::stderr(),
@@ -101,7 +85,7 @@ async fn scenario(frr: &Frr) {
     eprintln!("both sessions Up");
 
     // FRR agrees: its view of each peer matches ours, discriminators crosswise.
-    let settled = wait_for_status(&speaker, |sessions| {
+    let settled = wait_for_status(&speaker, STATE_WAIT, |sessions| {
         sessions.iter().all(|status| {
             status.state == State::Up
                 && !status.poll_active
@@ -132,7 +116,7 @@ async fn scenario(frr: &Frr) {
     // change.
     let before = find(&settled, ipv4).counters;
     frr.configure_peer_timers(OUR_ADDRESS_V4, 200, 250);
-    let renegotiated = wait_for_status(&speaker, |sessions| {
+    let renegotiated = wait_for_status(&speaker, STATE_WAIT, |sessions| {
         let status = find(sessions, ipv4);
         status.transmit_interval == Duration::from_millis(250)
             && status.detection_time == Some(Duration::from_millis(600))
@@ -203,13 +187,6 @@ async fn scenario(frr: &Frr) {
     speaker.stop().await;
 }
 
-fn find(sessions: &[SessionStatus], id: SessionId) -> &SessionStatus {
-    sessions
-        .iter()
-        .find(|status| status.id == id)
-        .expect("session listed")
-}
-
 async fn next_event(events: &mut broadcast::Receiver<StateEvent>) -> StateEvent {
     timeout(STATE_WAIT, events.recv())
         .await
@@ -230,32 +207,8 @@ async fn wait_for_events(
     }
 }
 
-async fn wait_for_status(
-    speaker: &Speaker,
-    condition: impl Fn(&[SessionStatus]) -> bool,
-) -> Vec<SessionStatus> {
-    let deadline = Instant::now() + STATE_WAIT;
-    loop {
-        let sessions = speaker.sessions().await.expect("speaker runs");
-        if condition(&sessions) {
-            return sessions;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "condition never held: {sessions:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
+/// What the lab needs beyond root and `ip`.
 fn requirements() -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("not root (network namespaces need it)".into());
-    }
-    if !command_exists("ip") {
-        return Err("`ip` (iproute2) not found".into());
-    }
     if !command_exists("vtysh") {
         return Err("`vtysh` not found (apt-get install frr)".into());
     }
@@ -267,34 +220,6 @@ fn requirements() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn command_exists(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|path| path.join(name).is_file()))
-        .unwrap_or(false)
-}
-
-fn run(program: &str, arguments: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(arguments)
-        .output()
-        .unwrap_or_else(|error| panic!("{program} {arguments:?}: {error}"));
-    assert!(
-        output.status.success(),
-        "{program} {arguments:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Moves the calling thread (only it) into a named network namespace.
-fn enter_namespace(name: &str) {
-    let file = fs::File::open(format!("/run/netns/{name}")).expect("open namespace");
-    // SAFETY: the descriptor is a valid network namespace file for the duration of the call.
-    let result = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(result, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 /// How to reach the FRR instance; FRR's "pathspace" is named like its namespace, which is how

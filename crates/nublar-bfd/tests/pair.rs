@@ -5,7 +5,10 @@ mod common;
 use std::time::Duration;
 
 use common::{Pair, Record, Side, config, ms, parameters};
-use nublar_bfd::{AuthenticationMode, Authenticator, Diagnostic, SessionConfig, Sha1Key, State};
+use nublar_bfd::{
+    AuthenticationMode, Authenticator, Diagnostic, Session, SessionConfig, Sha1Key,
+    SplitMix64Jitter, State,
+};
 
 fn fast_pair() -> Pair {
     Pair::new(
@@ -373,6 +376,40 @@ fn sessions_with_different_keys_never_come_up() {
             ..
         }
     )));
+}
+
+#[test]
+fn an_authenticated_session_comes_back_up_after_the_peer_restarts_with_a_new_sequence() {
+    let keyed = AuthenticationMode::KeyedSha1 {
+        key_id: 4,
+        key: Sha1Key::new(b"shared").unwrap(),
+    };
+    for mode in [meticulous(b"shared"), keyed] {
+        let mut pair = Pair::new(
+            authenticated(mode.clone(), 5),
+            authenticated(mode.clone(), 100),
+        );
+        pair.run_until_condition(ms(10_000), |pair| pair.both_up())
+            .expect("Up");
+        // B dies: A times out, and forgets B's timers with it (section 6.8.1).
+        pair.drop_from_b = true;
+        let died = pair.now;
+        pair.run_until_condition(died + ms(2_000), |pair| pair.a.state() == State::Down)
+            .expect("A notices");
+        pair.run_until(died + ms(5_000));
+        // B comes back with a sequence number far outside A's window: A must have forgotten
+        // the old one after two detection times of silence, or it never comes Up again.
+        pair.b = Session::new(
+            authenticated(mode, 0x8000_0000),
+            common::discriminator(0xbc),
+            SplitMix64Jitter::new(7),
+        )
+        .unwrap();
+        pair.drop_from_b = false;
+        let restarted = pair.now;
+        pair.run_until_condition(restarted + ms(10_000), |pair| pair.both_up())
+            .expect("back Up after the peer's restart");
+    }
 }
 
 fn gaps_after(pair: &Pair, side: Side, start: Duration) -> Vec<Duration> {

@@ -27,6 +27,9 @@ pub enum BenchCommand {
     /// BFD sessions between two nublar processes on loopback address pairs: CPU per side and
     /// whether any session falsely goes Down.
     BfdSessions(crate::bench_bfd::BfdSessionsArgs),
+    /// Failover of a sender when its gateway freezes, with BFD and with the HTTP time-out
+    /// alone: time from the old gateway's last acknowledgement to the new one's first.
+    Failover(crate::bench_failover::FailoverArgs),
 }
 
 #[derive(Args)]
@@ -85,6 +88,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Log(args) => log_bench(args),
         BenchCommand::LogOpen(args) => log_open_bench(args),
         BenchCommand::BfdSessions(args) => crate::bench_bfd::run(args),
+        BenchCommand::Failover(args) => crate::bench_failover::run(args),
         BenchCommand::Parse(args) => {
             println!("{}", machine_line());
             let report = nublar_model::bench::parse_throughput(args.lines, args.seconds);

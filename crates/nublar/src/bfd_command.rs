@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::Subcommand;
-use nublar_bfd::{Diagnostic, SessionStatus, State};
+use nublar_bfd::{Diagnostic, SessionStatus, SpeakerCounters, State};
 
 /// Where a node answers `nublar bfd status` (admin scope).
 pub const OPERATOR_PATH: &str = "/api/v1/admin/bfd";
@@ -43,7 +43,7 @@ pub fn render(sessions: &[SessionStatus]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<24} {:<24} {:<9} {:<9} {:<30} {:<30} {:>8} {:>9} {:>8} {:>8} {:>6}",
+        "{:<24} {:<24} {:<9} {:<9} {:<30} {:<30} {:>8} {:>9} {:>8} {:>8} {:>6} ORIGIN",
         "LOCAL",
         "PEER",
         "STATE",
@@ -63,7 +63,7 @@ pub fn render(sessions: &[SessionStatus]) -> String {
             .map_or("-".to_string(), |time| milliseconds(time).to_string());
         let _ = writeln!(
             out,
-            "{:<24} {:<24} {:<9} {:<9} {:<30} {:<30} {:>8} {:>9} {:>8} {:>8} {:>6}",
+            "{:<24} {:<24} {:<9} {:<9} {:<30} {:<30} {:>8} {:>9} {:>8} {:>8} {:>6} {}",
             session.local.to_string(),
             session.peer.to_string(),
             state_name(session.state),
@@ -75,6 +75,7 @@ pub fn render(sessions: &[SessionStatus]) -> String {
             session.counters.packets_sent,
             session.counters.packets_received,
             drops.authentication + drops.address_mismatch + drops.rejected,
+            if session.accepted { "accepted" } else { "peer" },
         );
     }
     out
@@ -136,6 +137,43 @@ pub fn prometheus(sessions: &[SessionStatus]) -> String {
                 value(session)
             );
         }
+    }
+    out
+}
+
+/// The speaker's own counters for `/metrics`: datagrams, accepted sessions, and datagrams
+/// dropped before a session was found, by reason.
+pub fn speaker_prometheus(counters: &SpeakerCounters) -> String {
+    let drops = counters.drops;
+    let mut out = String::new();
+    for (name, value) in [
+        (
+            "nublar_bfd_datagrams_received_total",
+            counters.datagrams_received,
+        ),
+        ("nublar_bfd_receive_errors_total", counters.receive_errors),
+        (
+            "nublar_bfd_sessions_accepted_total",
+            counters.sessions_accepted,
+        ),
+        (
+            "nublar_bfd_sessions_expired_total",
+            counters.sessions_expired,
+        ),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} counter\n{name} {value}");
+    }
+    let name = "nublar_bfd_datagrams_dropped_total";
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (reason, value) in [
+        ("malformed", drops.malformed),
+        ("wrong_ttl", drops.wrong_ttl),
+        ("unknown_discriminator", drops.unknown_discriminator),
+        ("unknown_peer", drops.unknown_peer),
+        ("accept_authentication", drops.accept_authentication),
+        ("accept_limit", drops.accept_limit),
+    ] {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {value}");
     }
     out
 }

@@ -8,9 +8,14 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::Path;
 #[cfg(test)]
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use nublar_bfd::{Parameters, SessionSpec, SpeakerConfig};
+use nublar_bfd::{
+    AcceptPolicy, AuthenticationMode, Parameters, SessionSpec, Sha1Key, SimplePassword,
+    SpeakerConfig,
+};
 use nublar_ingest::{AccessConfig, IngestConfig, Prefix, Scope, Token};
 use serde::Deserialize;
 
@@ -97,7 +102,24 @@ pub struct BfdSection {
     pub desired_min_tx_ms: u32,
     pub required_min_rx_ms: u32,
     pub detect_multiplier: u8,
+    /// Prefixes whose senders get a session without being listed as peers.
+    pub accept_from: Vec<String>,
+    pub accept_sessions_max: usize,
+    pub accept_idle_seconds: u64,
+    /// For accepted sessions and for peers without their own.
+    pub authentication: Option<BfdAuthenticationSection>,
     pub peers: Vec<BfdPeerSection>,
+}
+
+/// A BFD authentication key (RFC 5880 section 6.7).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BfdAuthenticationSection {
+    /// `simple-password`, `keyed-sha1` or `meticulous-keyed-sha1`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub key_id: u8,
+    pub secret: String,
 }
 
 /// One configured BFD session; intervals left out take the section's.
@@ -113,6 +135,7 @@ pub struct BfdPeerSection {
     pub detect_multiplier: Option<u8>,
     #[serde(default)]
     pub passive: bool,
+    pub authentication: Option<BfdAuthenticationSection>,
 }
 
 fn bfd_port() -> u16 {
@@ -124,6 +147,7 @@ fn bfd_port() -> u16 {
 pub struct BfdPlan {
     pub speaker: SpeakerConfig,
     pub sessions: Vec<SessionSpec>,
+    pub accept: Option<AcceptPolicy>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -178,6 +202,10 @@ impl Default for BfdSection {
             desired_min_tx_ms: 300,
             required_min_rx_ms: 300,
             detect_multiplier: 3,
+            accept_from: Vec::new(),
+            accept_sessions_max: 1000,
+            accept_idle_seconds: 60,
+            authentication: None,
             peers: Vec::new(),
         }
     }
@@ -207,24 +235,45 @@ impl BfdSection {
             ipv4_bind.is_some() || ipv6_bind.is_some(),
             "bfd is enabled but both ipv4_listen and ipv6_listen are empty"
         );
+        let default_authentication = self
+            .authentication
+            .as_ref()
+            .map(|section| section.mode().context("bfd.authentication"))
+            .transpose()?;
+        let accept = if self.accept_from.is_empty() {
+            None
+        } else {
+            let prefixes = self
+                .accept_from
+                .iter()
+                .map(|text| {
+                    text.parse::<Prefix>()
+                        .map_err(|error| anyhow::anyhow!("bfd.accept_from: {error}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::ensure!(
+                self.accept_sessions_max <= nublar_bfd::limits::SPEAKER_SESSIONS_MAX,
+                "bfd.accept_sessions_max {} is above the speaker's limit of {}",
+                self.accept_sessions_max,
+                nublar_bfd::limits::SPEAKER_SESSIONS_MAX
+            );
+            let parameters = self.parameters(None, "bfd")?;
+            parameters
+                .validate()
+                .map_err(|error| anyhow::anyhow!("bfd: {error}"))?;
+            Some(AcceptPolicy {
+                admit: Arc::new(move |address| {
+                    prefixes.iter().any(|prefix| prefix.contains(address))
+                }),
+                parameters,
+                authentication: default_authentication.clone(),
+                sessions_max: self.accept_sessions_max,
+                idle: Duration::from_secs(self.accept_idle_seconds),
+            })
+        };
         let mut sessions = Vec::new();
         for peer in &self.peers {
-            let milliseconds = |ms: u32, what: &str| -> anyhow::Result<u32> {
-                ms.checked_mul(1000).with_context(|| {
-                    format!("bfd peer {}: {what} of {ms} ms is too large", peer.peer)
-                })
-            };
-            let parameters = Parameters {
-                desired_min_tx_interval_us: milliseconds(
-                    peer.desired_min_tx_ms.unwrap_or(self.desired_min_tx_ms),
-                    "desired_min_tx_ms",
-                )?,
-                required_min_rx_interval_us: milliseconds(
-                    peer.required_min_rx_ms.unwrap_or(self.required_min_rx_ms),
-                    "required_min_rx_ms",
-                )?,
-                detect_multiplier: peer.detect_multiplier.unwrap_or(self.detect_multiplier),
-            };
+            let parameters = self.parameters(Some(peer), &format!("bfd peer {}", peer.peer))?;
             anyhow::ensure!(
                 peer.local.is_ipv4() == peer.peer.is_ipv4(),
                 "bfd peer {}: local {} is of another address family",
@@ -246,7 +295,14 @@ impl BfdSection {
                 peer: peer.peer,
                 peer_port: peer.peer_port,
                 parameters,
-                authentication: None,
+                authentication: match &peer.authentication {
+                    Some(section) => Some(
+                        section
+                            .mode()
+                            .with_context(|| format!("bfd peer {}", peer.peer))?,
+                    ),
+                    None => default_authentication.clone(),
+                },
                 passive: peer.passive,
             });
         }
@@ -256,7 +312,62 @@ impl BfdSection {
                 ipv6_bind,
             },
             sessions,
+            accept,
         }))
+    }
+
+    /// A peer's timers, each taken from the section where the peer leaves it out.
+    fn parameters(&self, peer: Option<&BfdPeerSection>, name: &str) -> anyhow::Result<Parameters> {
+        let microseconds = |ms: u32, what: &str| -> anyhow::Result<u32> {
+            ms.checked_mul(1000)
+                .with_context(|| format!("{name}: {what} of {ms} ms is too large"))
+        };
+        Ok(Parameters {
+            desired_min_tx_interval_us: microseconds(
+                peer.and_then(|peer| peer.desired_min_tx_ms)
+                    .unwrap_or(self.desired_min_tx_ms),
+                "desired_min_tx_ms",
+            )?,
+            required_min_rx_interval_us: microseconds(
+                peer.and_then(|peer| peer.required_min_rx_ms)
+                    .unwrap_or(self.required_min_rx_ms),
+                "required_min_rx_ms",
+            )?,
+            detect_multiplier: peer
+                .and_then(|peer| peer.detect_multiplier)
+                .unwrap_or(self.detect_multiplier),
+        })
+    }
+}
+
+impl BfdAuthenticationSection {
+    pub fn mode(&self) -> anyhow::Result<AuthenticationMode> {
+        let secret = self.secret.as_bytes();
+        let sha1_key = || {
+            Sha1Key::new(secret).with_context(|| {
+                format!("a keyed SHA1 secret is 1 to 20 bytes, not {}", secret.len())
+            })
+        };
+        Ok(match self.kind.as_str() {
+            "simple-password" => AuthenticationMode::SimplePassword {
+                key_id: self.key_id,
+                password: SimplePassword::new(secret).with_context(|| {
+                    format!("a simple password is 1 to 16 bytes, not {}", secret.len())
+                })?,
+            },
+            "keyed-sha1" => AuthenticationMode::KeyedSha1 {
+                key_id: self.key_id,
+                key: sha1_key()?,
+            },
+            "meticulous-keyed-sha1" => AuthenticationMode::MeticulousKeyedSha1 {
+                key_id: self.key_id,
+                key: sha1_key()?,
+            },
+            other => anyhow::bail!(
+                "unknown type {other:?}: expected simple-password, keyed-sha1 or \
+                 meticulous-keyed-sha1"
+            ),
+        })
     }
 }
 
@@ -443,6 +554,69 @@ mod tests {
             toml::from_str("[bfd]\nenabled = true\nipv4_listen = \"\"\nipv6_listen = \"\"\n")
                 .unwrap();
         assert!(config.bfd.plan().is_err());
+    }
+
+    #[test]
+    fn bfd_accepts_prefixes_and_authenticates_with_the_section_key_unless_a_peer_has_its_own() {
+        let config: NodeConfig = toml::from_str(
+            "[bfd]\nenabled = true\naccept_from = [\"2001:db8:7::/48\", \"127.0.0.0/8\"]\n\
+             accept_sessions_max = 5\naccept_idle_seconds = 9\n\
+             authentication = { type = \"meticulous-keyed-sha1\", key_id = 3, secret = \"s\" }\n\
+             [[bfd.peers]]\nlocal = \"127.0.0.1\"\npeer = \"127.0.0.2\"\n\
+             [[bfd.peers]]\nlocal = \"127.0.0.1\"\npeer = \"127.0.0.3\"\n\
+             authentication = { type = \"simple-password\", key_id = 4, secret = \"pw\" }\n",
+        )
+        .unwrap();
+        let plan = config.bfd.plan().unwrap().unwrap();
+        let accept = plan.accept.expect("an accept policy");
+        assert!((accept.admit)("2001:db8:7:5::1".parse().unwrap()));
+        assert!((accept.admit)("127.9.9.9".parse().unwrap()));
+        assert!(!(accept.admit)("2001:db8:8::1".parse().unwrap()));
+        assert!(!(accept.admit)("10.0.0.1".parse().unwrap()));
+        assert_eq!(accept.sessions_max, 5);
+        assert_eq!(accept.idle, Duration::from_secs(9));
+        assert_eq!(accept.parameters.desired_min_tx_interval_us, 300_000);
+        let section_key = AuthenticationMode::MeticulousKeyedSha1 {
+            key_id: 3,
+            key: Sha1Key::new(b"s").unwrap(),
+        };
+        assert_eq!(accept.authentication.as_ref(), Some(&section_key));
+        assert_eq!(plan.sessions[0].authentication.as_ref(), Some(&section_key));
+        assert_eq!(
+            plan.sessions[1].authentication,
+            Some(AuthenticationMode::SimplePassword {
+                key_id: 4,
+                password: SimplePassword::new(b"pw").unwrap(),
+            })
+        );
+        // Off by default: no prefix, no policy.
+        let config: NodeConfig = toml::from_str("[bfd]\nenabled = true\n").unwrap();
+        assert!(config.bfd.plan().unwrap().unwrap().accept.is_none());
+        for (bad, expected) in [
+            ("accept_from = [\"10.0.0.0/40\"]", "bfd.accept_from"),
+            (
+                "accept_from = [\"::/0\"]\naccept_sessions_max = 5000",
+                "speaker's limit",
+            ),
+            (
+                "authentication = { type = \"md5\", key_id = 1, secret = \"x\" }",
+                "unknown type \"md5\"",
+            ),
+            (
+                "authentication = { type = \"keyed-sha1\", key_id = 1, secret = \"\" }",
+                "1 to 20 bytes",
+            ),
+            (
+                "authentication = { type = \"simple-password\", key_id = 1, \
+                 secret = \"seventeen bytes!!\" }",
+                "1 to 16 bytes",
+            ),
+        ] {
+            let config: NodeConfig =
+                toml::from_str(&format!("[bfd]\nenabled = true\n{bad}\n")).unwrap();
+            let error = format!("{:#}", config.bfd.plan().unwrap_err());
+            assert!(error.contains(expected), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -2,8 +2,10 @@
 
 mod bench;
 mod bench_bfd;
+mod bench_failover;
 mod bfd_command;
 mod config;
+mod failover;
 mod log_command;
 mod serve;
 mod sim;

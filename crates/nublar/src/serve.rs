@@ -147,13 +147,17 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         gateway.add_metrics(Arc::new(move || {
             let speaker = speaker.clone();
             Box::pin(async move {
-                match speaker.upgrade() {
-                    Some(speaker) => match speaker.sessions().await {
-                        Ok(sessions) => crate::bfd_command::prometheus(&sessions),
-                        Err(_) => String::new(),
-                    },
-                    None => String::new(),
+                let Some(speaker) = speaker.upgrade() else {
+                    return String::new();
+                };
+                let mut text = match speaker.sessions().await {
+                    Ok(sessions) => crate::bfd_command::prometheus(&sessions),
+                    Err(_) => String::new(),
+                };
+                if let Ok(counters) = speaker.counters().await {
+                    text.push_str(&crate::bfd_command::speaker_prometheus(&counters));
                 }
+                text
             })
         }));
     }
@@ -242,6 +246,12 @@ async fn start_bfd(node: &NodeConfig) -> anyhow::Result<Option<Speaker>> {
             .add_session(spec)
             .await
             .with_context(|| format!("adding the BFD session {local} -> {peer}"))?;
+    }
+    if plan.accept.is_some() {
+        speaker
+            .set_accept_policy(plan.accept)
+            .await
+            .context("setting the BFD accept policy")?;
     }
     let listening = [
         speaker.ipv4_address().map(|address| address.to_string()),

@@ -27,6 +27,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::Mutex;
 
+use crate::failover::{BfdOptions, Monitor, Targets};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Protocol {
     Http,
@@ -35,10 +37,41 @@ pub enum Protocol {
 
 #[derive(Args)]
 pub struct SimArgs {
-    /// Where to send: `http://host:port` (HTTP) or `host:port` (UDP). Repeatable;
-    /// batches go to the targets in turn.
+    /// Where to send: `http://host:port` (HTTP) or `host:port` (UDP). Repeatable: the
+    /// simulator sends to one gateway while it works and moves to the next when a request to
+    /// it fails (connection error or --http-timeout), or with --bfd as soon as its BFD session
+    /// goes Down; a batch not acknowledged is sent again with the same Idempotency-Key.
     #[arg(long = "target")]
     targets: Vec<String>,
+    /// Seconds to wait for a gateway to connect, or to answer a request, before giving up on
+    /// it (and moving to the next --target).
+    #[arg(long, default_value_t = 10.0)]
+    http_timeout: f64,
+    /// Run a BFD session (RFC 5880/5881) to every target's host and send only to a gateway
+    /// whose session is Up: a frozen or dead gateway is left within the detection time
+    /// (interval x multiplier) instead of --http-timeout. A gateway that sets its session
+    /// AdminDown (a node draining on SIGTERM) is left too, counted as a drain. The gateways
+    /// must answer BFD from this host's address (`[bfd] accept_from` or a configured peer).
+    #[arg(long)]
+    bfd: bool,
+    /// The BFD port, where the gateways listen and where this simulator listens (RFC 5881:
+    /// 3784). Another port only makes sense for tests on one host.
+    #[arg(long, default_value_t = nublar_bfd::limits::SINGLE_HOP_CONTROL_PORT)]
+    bfd_port: u16,
+    /// This host's address for the BFD sessions (and its receive socket); by default the
+    /// address the routing table picks towards each target.
+    #[arg(long)]
+    bfd_local: Option<std::net::IpAddr>,
+    /// Desired transmit and required receive interval of the BFD sessions, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    bfd_interval_ms: u32,
+    /// BFD detect multiplier: missed packets before a gateway counts as dead.
+    #[arg(long, default_value_t = 3)]
+    bfd_multiplier: u8,
+    /// Also write the summary as JSON to this file: counts, errors, latency, failovers with
+    /// the gap each cost, and the Idempotency-Keys of batches sent to a second gateway.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
     /// Database (bucket) to write to.
     #[arg(long, default_value = "park")]
     db: String,
@@ -393,12 +426,42 @@ async fn send(
             }
         }
     }
+    anyhow::ensure!(
+        args.http_timeout > 0.0 && args.http_timeout.is_finite(),
+        "--http-timeout must be a positive number of seconds"
+    );
+    let http_timeout = Duration::from_secs_f64(args.http_timeout);
+    let targets = Arc::new(Targets::new(targets, args.bfd));
+    let monitor = if args.bfd {
+        let options = BfdOptions {
+            port: args.bfd_port,
+            local: args.bfd_local,
+            interval: Duration::from_millis(u64::from(args.bfd_interval_ms)),
+            multiplier: args.bfd_multiplier,
+        };
+        let monitor = Monitor::start(targets.clone(), options).await?;
+        // The sessions start at the slow rate of one packet a second (RFC 5880 section
+        // 6.8.3), so the first comes Up after a second or two.
+        if targets.wait_active(BFD_FIRST_UP_WAIT).await.is_none() {
+            monitor.stop().await;
+            bail!(
+                "no BFD session to any target came Up within {} s: do the gateways run BFD \
+                 and answer this host (`[bfd] accept_from`)?",
+                BFD_FIRST_UP_WAIT.as_secs()
+            );
+        }
+        targets.settle(BFD_SETTLE_WAIT).await;
+        Some(monitor)
+    } else {
+        None
+    };
     let run_id = format!("sim-{}-{}", args.seed, std::process::id());
     let (queue, receiver) = tokio::sync::mpsc::channel::<Body>(args.concurrency.max(1) * 2);
     let receiver = Arc::new(Mutex::new(receiver));
     let tally = Arc::new(Tally::default());
     let errors = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
     let latency = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));
+    let resent = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let started = Instant::now();
 
     // The generator runs on its own thread and paces the bodies it makes.
@@ -448,12 +511,13 @@ async fn send(
     // The bound on sockets bound to sensor addresses holds over all workers together (with
     // more workers than the bound, each keeps one).
     let sockets_per_worker = (SOURCE_SOCKETS_MAX / args.concurrency.max(1)).max(1);
-    for worker in 0..args.concurrency.max(1) {
+    for _ in 0..args.concurrency.max(1) {
         let receiver = receiver.clone();
         let tally = tally.clone();
         let errors = errors.clone();
         let latency = latency.clone();
-        let target = targets[worker % targets.len()];
+        let targets = targets.clone();
+        let resent = resent.clone();
         let db = args.db.clone();
         let token = args.token.clone();
         let run_id = run_id.clone();
@@ -461,22 +525,27 @@ async fn send(
         let bind_prefix = args.bind_prefix;
         workers.push(tokio::spawn(async move {
             let mut sender = match (protocol, bind_prefix) {
-                (Protocol::Http, false) => Sender::Http(HttpSender::new(target, None)),
-                (Protocol::Udp, false) => Sender::Udp(
-                    UdpSocket::bind(if target.is_ipv6() {
-                        "[::]:0"
-                    } else {
-                        "0.0.0.0:0"
-                    })
-                    .await?,
-                    target,
+                (Protocol::Http, false) => Sender::Http(
+                    (0..targets.len())
+                        .map(|index| HttpSender::new(targets.address(index), None, http_timeout))
+                        .collect(),
                 ),
+                (Protocol::Udp, false) => {
+                    let mut sockets = Vec::new();
+                    for index in 0..targets.len() {
+                        let any = if targets.address(index).is_ipv6() {
+                            "[::]:0"
+                        } else {
+                            "0.0.0.0:0"
+                        };
+                        sockets.push(UdpSocket::bind(any).await?);
+                    }
+                    Sender::Udp(sockets)
+                }
                 (Protocol::Http, true) => {
-                    Sender::HttpFrom(SourceCache::new(sockets_per_worker), target)
+                    Sender::HttpFrom(SourceCache::new(sockets_per_worker), http_timeout)
                 }
-                (Protocol::Udp, true) => {
-                    Sender::UdpFrom(SourceCache::new(sockets_per_worker), target)
-                }
+                (Protocol::Udp, true) => Sender::UdpFrom(SourceCache::new(sockets_per_worker)),
             };
             loop {
                 let Some(body) = receiver.lock().await.recv().await else {
@@ -485,15 +554,14 @@ async fn send(
                 tally.sent_lines.fetch_add(body.lines, Ordering::Relaxed);
                 let key = format!("{run_id}-{}", body.sequence);
                 let sent = Instant::now();
-                let outcome = sender
-                    .deliver(
-                        &db,
-                        token.as_deref(),
-                        &key,
-                        (&body.bytes, body.sender),
-                        &errors,
-                    )
-                    .await;
+                let job = Job {
+                    db: &db,
+                    token: token.as_deref(),
+                    key: &key,
+                    body: &body.bytes,
+                    source: body.sender,
+                };
+                let outcome = deliver(&mut sender, &targets, &job, &errors, &resent).await;
                 latency
                     .lock()
                     .unwrap()
@@ -513,6 +581,9 @@ async fn send(
     }
     for worker in workers {
         worker.await??;
+    }
+    if let Some(monitor) = monitor {
+        monitor.stop().await;
     }
     producer
         .join()
@@ -542,6 +613,32 @@ async fn send(
         latency.value_at_quantile(0.99) as f64 / 1000.0,
         latency.max() as f64 / 1000.0
     );
+    let report = targets.report();
+    let resent = resent.lock().unwrap();
+    if targets.len() > 1 {
+        let mut gaps: Vec<f64> = report
+            .gaps
+            .iter()
+            .map(|gap| gap.as_secs_f64() * 1000.0)
+            .collect();
+        gaps.sort_by(f64::total_cmp);
+        let quantile = |q: f64| {
+            gaps.get(((gaps.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        println!(
+            "failover: {} failovers, {} drains, {} batches resent to another gateway; \
+             gap from the last acknowledgement by the old gateway to the first by the new: \
+             p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            report.failovers,
+            report.drains,
+            resent.len(),
+            quantile(0.5),
+            quantile(0.99),
+            gaps.last().copied().unwrap_or(0.0),
+        );
+    }
     let errors = errors.lock().unwrap();
     if errors.is_empty() {
         println!("errors: none");
@@ -551,6 +648,32 @@ async fn send(
             .map(|(kind, count)| format!("{kind}: {count}"))
             .collect();
         println!("errors: {}", listed.join(", "));
+    }
+    if let Some(path) = &args.summary_json {
+        let milliseconds = |micros: u64| micros as f64 / 1000.0;
+        let summary = serde_json::json!({
+            "sent": sent,
+            "acknowledged": acknowledged,
+            "requests": tally.requests.load(Ordering::Relaxed),
+            "seconds": elapsed,
+            "latency_ms": {
+                "p50": milliseconds(latency.value_at_quantile(0.5)),
+                "p90": milliseconds(latency.value_at_quantile(0.9)),
+                "p99": milliseconds(latency.value_at_quantile(0.99)),
+                "max": milliseconds(latency.max()),
+            },
+            "errors": *errors,
+            "failovers": report.failovers,
+            "drains": report.drains,
+            "failover_gaps_ms": report
+                .gaps
+                .iter()
+                .map(|gap| gap.as_secs_f64() * 1000.0)
+                .collect::<Vec<_>>(),
+            "resent_keys": *resent,
+        });
+        std::fs::write(path, format!("{summary:#}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -587,58 +710,164 @@ fn is_plain_ipv6(address: &SocketAddr) -> bool {
 const SOURCE_SOCKETS_MAX: usize = 256;
 
 enum Sender {
-    Http(HttpSender),
-    Udp(UdpSocket, SocketAddr),
-    /// `--bind-prefix`: one keep-alive connection per sensor address, least recently used
-    /// closed first.
-    HttpFrom(SourceCache<HttpSender>, SocketAddr),
+    /// One keep-alive connection per target.
+    Http(Vec<HttpSender>),
+    /// One socket per target.
+    Udp(Vec<UdpSocket>),
+    /// `--bind-prefix`: one keep-alive connection per sensor address and target, least
+    /// recently used closed first.
+    HttpFrom(SourceCache<(Ipv6Addr, usize), HttpSender>, Duration),
     /// `--bind-prefix`: one socket bound per sensor address.
-    UdpFrom(SourceCache<UdpSocket>, SocketAddr),
+    UdpFrom(SourceCache<Ipv6Addr, UdpSocket>),
+}
+
+/// One body to deliver.
+struct Job<'a> {
+    db: &'a str,
+    token: Option<&'a str>,
+    key: &'a str,
+    body: &'a [u8],
+    /// With `--bind-prefix`, the sensor address it is sent from.
+    source: Option<Ipv6Addr>,
+}
+
+/// What one try to one gateway came to.
+enum Attempt {
+    Answered(u16),
+    /// No answer: the connection failed or the gateway did not answer in time.
+    Broken(std::io::Error),
+    /// UDP: sent, nothing acknowledged.
+    Sent,
+    /// The sensor's address could not be bound (`--bind-prefix`).
+    Unbindable(std::io::Error),
+}
+
+/// Tries for one body at most, and for at most this long in all.
+const DELIVERY_ATTEMPTS_MAX: u32 = 16;
+const DELIVERY_TIME_MAX: Duration = Duration::from_secs(60);
+/// The first BFD session must come Up within this, or the run stops with a reason.
+const BFD_FIRST_UP_WAIT: Duration = Duration::from_secs(15);
+/// After the first session is Up, how long the others get to come Up too before sending
+/// starts: sessions come Up within about two slow-rate packets of each other.
+const BFD_SETTLE_WAIT: Duration = Duration::from_secs(3);
+
+/// Delivers a body to the active gateway, and again to the next one when that one fails
+/// before answering (BFD Down, connection error, time-out), with the same Idempotency-Key:
+/// the gateway that already stored it answers from its key window, another stores a copy that
+/// carries the key. Busy answers (5xx) are retried with backoff. Bounded in tries and time.
+async fn deliver(
+    sender: &mut Sender,
+    targets: &Targets,
+    job: &Job<'_>,
+    errors: &std::sync::Mutex<BTreeMap<String, u64>>,
+    resent: &std::sync::Mutex<Vec<String>>,
+) -> Delivery {
+    let count = |kind: String| *errors.lock().unwrap().entry(kind).or_default() += 1;
+    let started = Instant::now();
+    let mut previous: Option<usize> = None;
+    for attempt in 0..DELIVERY_ATTEMPTS_MAX {
+        let left = DELIVERY_TIME_MAX.saturating_sub(started.elapsed());
+        let Some(index) = targets.wait_active(left).await else {
+            count("no gateway usable".into());
+            return Delivery::Failed;
+        };
+        if previous.is_some_and(|previous| previous != index) {
+            let mut resent = resent.lock().unwrap();
+            if resent.last().map(String::as_str) != Some(job.key) {
+                resent.push(job.key.to_owned());
+            }
+        }
+        previous = Some(index);
+        let outcome = tokio::select! {
+            outcome = sender.attempt(index, targets.address(index), job) => outcome,
+            () = targets.lost(index) => {
+                // The request may be half written: the connection cannot be reused.
+                sender.reset(index, job.source);
+                count("bfd: gateway down".into());
+                continue;
+            }
+        };
+        match outcome {
+            Attempt::Answered(status @ (204 | 400)) => {
+                targets.acknowledged(index, Instant::now());
+                return if status == 204 {
+                    Delivery::All
+                } else {
+                    Delivery::Partial
+                };
+            }
+            Attempt::Answered(status) if status >= 500 => count(format!("http {status}")),
+            Attempt::Answered(status) => {
+                count(format!("http {status}"));
+                return Delivery::Failed;
+            }
+            Attempt::Sent => return Delivery::Sent,
+            Attempt::Unbindable(error) => {
+                count(format!("bind: {}", error.kind()));
+                return Delivery::Failed;
+            }
+            Attempt::Broken(error) => {
+                count(format!("connection: {}", error.kind()));
+                targets.failed(index);
+            }
+        }
+        if targets.active() == Some(index) {
+            tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+        }
+    }
+    Delivery::Failed
 }
 
 impl Sender {
-    /// Sends one body, from `source` when given (`--bind-prefix`).
-    async fn deliver(
-        &mut self,
-        db: &str,
-        token: Option<&str>,
-        key: &str,
-        (body, source): (&[u8], Option<Ipv6Addr>),
-        errors: &std::sync::Mutex<BTreeMap<String, u64>>,
-    ) -> Delivery {
-        let count = |kind: String| *errors.lock().unwrap().entry(kind).or_default() += 1;
+    /// One try of `job` to the gateway `index` at `target`.
+    async fn attempt(&mut self, index: usize, target: SocketAddr, job: &Job<'_>) -> Attempt {
+        let answered = |result: std::io::Result<u16>| match result {
+            Ok(status) => Attempt::Answered(status),
+            Err(error) => Attempt::Broken(error),
+        };
         match self {
-            Sender::Udp(socket, target) => send_datagrams(socket, *target, body, count).await,
-            Sender::UdpFrom(sockets, target) => {
-                let source = source.expect("bodies are grouped by sender with --bind-prefix");
+            Sender::Udp(sockets) => send_datagrams(&sockets[index], target, job.body).await,
+            Sender::UdpFrom(sockets) => {
+                let source = job
+                    .source
+                    .expect("bodies are grouped by sender with --bind-prefix");
                 match sockets.get_or_open(source, || udp_socket_from(source)) {
-                    Ok(socket) => send_datagrams(socket, *target, body, count).await,
-                    Err(error) => {
-                        count(format!("bind: {}", error.kind()));
-                        Delivery::Failed
-                    }
+                    Ok(socket) => send_datagrams(socket, target, job.body).await,
+                    Err(error) => Attempt::Unbindable(error),
                 }
             }
-            Sender::Http(http) => post_until_answered(http, db, token, key, body, count).await,
-            Sender::HttpFrom(connections, target) => {
-                let source = source.expect("bodies are grouped by sender with --bind-prefix");
+            Sender::Http(connections) => answered(connections[index].post(job).await),
+            Sender::HttpFrom(connections, timeout) => {
+                let source = job
+                    .source
+                    .expect("bodies are grouped by sender with --bind-prefix");
                 // Connecting is lazy (in `HttpSender::exchange`), so opening cannot fail here.
                 let http = connections
-                    .get_or_open(source, || Ok(HttpSender::new(*target, Some(source))))
+                    .get_or_open((source, index), || {
+                        Ok(HttpSender::new(target, Some(source), *timeout))
+                    })
                     .expect("creating an HttpSender does not fail");
-                post_until_answered(http, db, token, key, body, count).await
+                answered(http.post(job).await)
             }
+        }
+    }
+
+    /// Drops the connection to gateway `index` (for `source`), after a try was abandoned.
+    fn reset(&mut self, index: usize, source: Option<Ipv6Addr>) {
+        match self {
+            Sender::Http(connections) => connections[index].stream = None,
+            Sender::HttpFrom(connections, _) => {
+                if let Some(source) = source {
+                    connections.entries.remove(&(source, index));
+                }
+            }
+            Sender::Udp(_) | Sender::UdpFrom(_) => {}
         }
     }
 }
 
 /// Sends a body as datagrams under 60 KB each, split at line ends.
-async fn send_datagrams(
-    socket: &UdpSocket,
-    target: SocketAddr,
-    body: &[u8],
-    count: impl Fn(String),
-) -> Delivery {
+async fn send_datagrams(socket: &UdpSocket, target: SocketAddr, body: &[u8]) -> Attempt {
     let mut rest = body;
     while !rest.is_empty() {
         let mut cut = rest.len().min(60_000);
@@ -649,55 +878,26 @@ async fn send_datagrams(
                 .map_or(cut, |at| at + 1);
         }
         if let Err(error) = socket.send_to(&rest[..cut], target).await {
-            count(format!("udp: {}", error.kind()));
-            return Delivery::Failed;
+            return Attempt::Broken(error);
         }
         rest = &rest[cut..];
     }
-    Delivery::Sent
-}
-
-/// Posts a body; a batch that failed is resent with the same key until it is acknowledged
-/// or refused for good, bounded in tries and time.
-async fn post_until_answered(
-    http: &mut HttpSender,
-    db: &str,
-    token: Option<&str>,
-    key: &str,
-    body: &[u8],
-    count: impl Fn(String),
-) -> Delivery {
-    for attempt in 0..8u32 {
-        match http.post(db, token, key, body).await {
-            Ok(204) => return Delivery::All,
-            Ok(400) => return Delivery::Partial,
-            Ok(status) if status == 503 || status >= 500 => {
-                count(format!("http {status}"));
-            }
-            Ok(status) => {
-                count(format!("http {status}"));
-                return Delivery::Failed;
-            }
-            Err(error) => count(format!("connection: {}", error.kind())),
-        }
-        tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
-    }
-    Delivery::Failed
+    Attempt::Sent
 }
 
 /// Sockets or connections keyed by the sensor address they are bound to, at most
 /// `capacity` at once: to make room, the least recently used one is dropped, which closes
 /// it. Eviction scans every entry, which at a few hundred entries costs far less than the
 /// connection about to be opened.
-struct SourceCache<T> {
+struct SourceCache<K, T> {
     capacity: usize,
     /// Counts uses; an entry's stamp is the count at its last use.
     clock: u64,
-    entries: HashMap<Ipv6Addr, (u64, T)>,
+    entries: HashMap<K, (u64, T)>,
 }
 
-impl<T> SourceCache<T> {
-    fn new(capacity: usize) -> SourceCache<T> {
+impl<K: Copy + Eq + std::hash::Hash, T> SourceCache<K, T> {
+    fn new(capacity: usize) -> SourceCache<K, T> {
         SourceCache {
             capacity: capacity.max(1),
             clock: 0,
@@ -708,7 +908,7 @@ impl<T> SourceCache<T> {
     /// The entry for `address`, opened with `open` when there is none.
     fn get_or_open(
         &mut self,
-        address: Ipv6Addr,
+        address: K,
         open: impl FnOnce() -> std::io::Result<T>,
     ) -> std::io::Result<&mut T> {
         self.clock += 1;
@@ -802,26 +1002,23 @@ struct HttpSender {
     source: Option<Ipv6Addr>,
     stream: Option<TcpStream>,
     buffer: Vec<u8>,
+    /// For connecting, and for the answer to each request.
+    timeout: Duration,
 }
 
 impl HttpSender {
-    fn new(target: SocketAddr, source: Option<Ipv6Addr>) -> HttpSender {
+    fn new(target: SocketAddr, source: Option<Ipv6Addr>, timeout: Duration) -> HttpSender {
         HttpSender {
             target,
             source,
             stream: None,
             buffer: Vec::with_capacity(64 * 1024),
+            timeout,
         }
     }
 
-    async fn post(
-        &mut self,
-        db: &str,
-        token: Option<&str>,
-        key: &str,
-        body: &[u8],
-    ) -> std::io::Result<u16> {
-        let result = self.exchange(db, token, key, body).await;
+    async fn post(&mut self, job: &Job<'_>) -> std::io::Result<u16> {
+        let result = self.exchange(job.db, job.token, job.key, job.body).await;
         if result.is_err() {
             self.stream = None;
         }
@@ -847,7 +1044,7 @@ impl HttpSender {
                     }
                 }
             };
-            let stream = tokio::time::timeout(Duration::from_secs(5), connect)
+            let stream = tokio::time::timeout(self.timeout, connect)
                 .await
                 .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
@@ -870,11 +1067,9 @@ impl HttpSender {
             stream.write_all(body).await?;
             read_response(stream, &mut self.buffer).await
         };
-        tokio::time::timeout(Duration::from_secs(30), exchange)
+        tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 30 s")
-            })?
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))?
     }
 }
 
@@ -939,7 +1134,7 @@ mod tests {
         let mut cache = SourceCache::new(2);
         let address = |host: u16| Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, host);
         let mut opened = Vec::new();
-        let mut use_address = |cache: &mut SourceCache<u16>, host: u16| {
+        let mut use_address = |cache: &mut SourceCache<Ipv6Addr, u16>, host: u16| {
             *cache
                 .get_or_open(address(host), || {
                     opened.push(host);
@@ -961,7 +1156,7 @@ mod tests {
 
     #[test]
     fn a_failed_open_leaves_nothing_behind() {
-        let mut cache = SourceCache::<u16>::new(1);
+        let mut cache = SourceCache::<Ipv6Addr, u16>::new(1);
         let address = Ipv6Addr::LOCALHOST;
         let failed =
             cache.get_or_open(address, || Err(std::io::ErrorKind::AddrNotAvailable.into()));

@@ -98,7 +98,8 @@ fn session_row(data: &Path) -> Vec<String> {
     );
     assert!(lines[0].starts_with("LOCAL"), "{text}");
     let row: Vec<String> = lines[1].split_whitespace().map(str::to_owned).collect();
-    assert_eq!(row.len(), 11, "{text}");
+    assert_eq!(row.len(), 12, "{text}");
+    assert_eq!(row[11], "peer", "a configured session: {text}");
     row
 }
 
@@ -170,6 +171,9 @@ fn sessions_come_up_and_a_sigterm_is_seen_as_admin_down() {
         "nublar_bfd_session_up{local=\"127.0.0.1\",peer=\"127.0.0.2\"} 1",
         "nublar_bfd_session_state{local=\"127.0.0.1\",peer=\"127.0.0.2\"} 3",
         "nublar_bfd_session_detection_time_seconds{local=\"127.0.0.1\",peer=\"127.0.0.2\"} 0.3",
+        "nublar_bfd_sessions_accepted_total 0",
+        "nublar_bfd_datagrams_dropped_total{reason=\"wrong_ttl\"} 0",
+        "nublar_bfd_datagrams_received_total ",
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }

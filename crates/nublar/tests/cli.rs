@@ -255,3 +255,54 @@ fn the_bfd_sessions_benchmark_runs_two_processes_without_a_false_down() {
         "the second process {second_pid} outlived the benchmark"
     );
 }
+
+/// The failover benchmark with tiny parameters: both runs freeze each gateway once, every
+/// freeze is one failover, nothing goes unacknowledged, and the gateways' data is gone after.
+#[test]
+fn the_failover_benchmark_freezes_gateways_and_compares_bfd_with_the_time_out() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = nublar(&[
+        "bench",
+        "failover",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--freezes",
+        "2",
+        "--rate",
+        "5000",
+        "--batch",
+        "100",
+        "--hold",
+        "0.5",
+        "--recover",
+        "3",
+        "--http-timeout",
+        "1",
+    ]);
+    let text = stdout(&output);
+    let row = |name: &str| -> Vec<String> {
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {text}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    for name in ["BFD 50 ms x 3 ", "HTTP time-out 1 s, no BFD "] {
+        let row = row(name);
+        let figures = &row[row.len() - 9..];
+        assert_eq!(
+            &figures[..3],
+            ["2", "2", "2"],
+            "freezes, failovers, gaps: {text}"
+        );
+        assert_eq!(figures[6], figures[7], "every event acknowledged: {text}");
+    }
+    let p99 = |name: &str| row(name)[row(name).len() - 5].parse::<f64>().unwrap();
+    assert!(
+        p99("BFD 50 ms x 3 ") < p99("HTTP time-out 1 s, no BFD "),
+        "BFD is faster than the time-out: {text}"
+    );
+    assert!(!text.contains("false Down"), "{text}");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
