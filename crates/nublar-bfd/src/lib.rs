@@ -22,9 +22,9 @@ pub use packet::{
     Sha1Section, SimplePassword, State,
 };
 pub use runtime::{
-    AcceptPolicy, AddSessionError, BindError, SessionCounters, SessionDrops, SessionError,
-    SessionId, SessionSpec, SessionStatus, Speaker, SpeakerConfig, SpeakerCounters, SpeakerDrops,
-    SpeakerStopped, StateEvent,
+    AcceptPolicy, AddSessionError, BindError, Multihop, SessionCounters, SessionDrops,
+    SessionError, SessionId, SessionSpec, SessionStatus, Speaker, SpeakerConfig, SpeakerCounters,
+    SpeakerDrops, SpeakerStopped, StateEvent,
 };
 pub use session::{
     Actions, Jitter, NoJitter, ParameterError, Parameters, ReceiveError, Session, SessionConfig,

@@ -72,6 +72,13 @@ pub const ADMIN_DOWN_PACKETS_MIN: u32 = 3;
 /// The UDP port of single-hop Control packets (RFC 5881 section 4).
 pub const SINGLE_HOP_CONTROL_PORT: u16 = 3784;
 
+/// The UDP port of multihop Control packets (RFC 5883 section 5).
+pub const MULTIHOP_CONTROL_PORT: u16 = 4784;
+
+/// The lowest TTL a multihop session accepts unless told otherwise: one router away at most,
+/// as FRR's default. RFC 5883 section 5 leaves the value to configuration; BIRD sends 64.
+pub const MULTIHOP_MIN_TTL_DEFAULT: u8 = 254;
+
 /// Single-hop packets are sent with this TTL or hop limit, and received ones must carry it: a
 /// packet that crossed a router cannot have it any more (RFC 5881 section 5, GTSM).
 pub const SINGLE_HOP_TTL: u8 = 255;

@@ -18,8 +18,13 @@
 //! [`SessionCounters`]. A broken invariant in the core is an `assert!`; it ends the task, and
 //! every later call on the handle says [`SpeakerStopped`].
 //!
+//! Multihop sessions (RFC 5883) are the same sessions on other sockets: the speaker listens on
+//! port 4784 once asked to ([`Speaker::listen_multihop`]), sends with TTL 255 too, and takes a
+//! packet for a multihop session only from the multihop socket and with a TTL of at least the
+//! session's minimum, and for a single-hop session only from the single-hop socket.
+//!
 //! Not implemented yet: IPv6 link-local sessions (they need a scope id and a
-//! device binding), multihop (RFC 5883), Echo and Demand mode (the core lacks the last two).
+//! device binding), Echo and Demand mode (the core lacks the last two).
 //! Sessions are told apart by local and peer address only, not by interface.
 
 mod socket;
@@ -42,9 +47,10 @@ use tokio::time::Instant;
 
 use crate::auth::{AuthenticationMode, Authenticator};
 use crate::limits::{
-    PACKET_BYTES_MAX, RECEIVE_BATCH_DATAGRAMS_MAX, RECEIVE_BUFFER_BYTES, SINGLE_HOP_CONTROL_PORT,
-    SINGLE_HOP_TTL, SPEAKER_COMMAND_CHANNEL_CAPACITY, SPEAKER_EVENT_CHANNEL_CAPACITY,
-    SPEAKER_SESSIONS_MAX, TRANSMIT_SOURCE_PORT_MAX, TRANSMIT_SOURCE_PORT_MIN,
+    MULTIHOP_CONTROL_PORT, PACKET_BYTES_MAX, RECEIVE_BATCH_DATAGRAMS_MAX, RECEIVE_BUFFER_BYTES,
+    SINGLE_HOP_CONTROL_PORT, SINGLE_HOP_TTL, SPEAKER_COMMAND_CHANNEL_CAPACITY,
+    SPEAKER_EVENT_CHANNEL_CAPACITY, SPEAKER_SESSIONS_MAX, TRANSMIT_SOURCE_PORT_MAX,
+    TRANSMIT_SOURCE_PORT_MIN,
 };
 use crate::packet::{ControlPacket, Diagnostic, State};
 use crate::session::{
@@ -74,6 +80,15 @@ pub struct SessionSpec {
     /// Wait for the peer to speak first (RFC 5880 section 6.1), so a side that should only ever
     /// answer never sends to an address where nobody runs BFD.
     pub passive: bool,
+    /// A multihop session (RFC 5883) instead of single hop: received on the multihop port (see
+    /// [`Speaker::listen_multihop`]) with a TTL of at least `min_ttl` instead of exactly 255.
+    pub multihop: Option<Multihop>,
+}
+
+/// How a multihop session checks the TTL of what it receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Multihop {
+    pub min_ttl: u8,
 }
 
 /// Which unknown peers the speaker answers, and how: a router or a gateway cannot list every
@@ -136,6 +151,7 @@ pub struct SessionStatus {
     /// Started by the speaker for a peer its [`AcceptPolicy`] admits, not by
     /// [`Speaker::add_session`].
     pub accepted: bool,
+    pub multihop: bool,
     pub counters: SessionCounters,
 }
 
@@ -214,6 +230,8 @@ pub enum AddSessionError {
     AddressFamilyMismatch,
     /// The speaker has no receive socket for the session's address family.
     AddressFamilyNotBound,
+    /// A multihop session, but the speaker does not listen on the multihop port of its family.
+    MultihopNotListening,
     /// IPv6 link-local sessions need an interface, which this speaker does not handle yet.
     LinkLocalUnsupported,
     /// A session for this (local, peer) pair exists; the pair is what tells sessions apart.
@@ -279,6 +297,22 @@ impl SessionSpec {
             parameters,
             authentication: None,
             passive: false,
+            multihop: None,
+        }
+    }
+
+    /// An unauthenticated multihop session to the standard multihop port, accepting packets
+    /// that crossed at most 255 - `min_ttl` routers.
+    pub fn multihop(
+        local: IpAddr,
+        peer: IpAddr,
+        parameters: Parameters,
+        min_ttl: u8,
+    ) -> SessionSpec {
+        SessionSpec {
+            peer_port: MULTIHOP_CONTROL_PORT,
+            multihop: Some(Multihop { min_ttl }),
+            ..SessionSpec::single_hop(local, peer, parameters)
         }
     }
 }
@@ -335,6 +369,8 @@ impl Speaker {
             events: event_sender,
             ipv4,
             ipv6,
+            multihop_ipv4: None,
+            multihop_ipv6: None,
             sessions: HashMap::new(),
             by_discriminator: HashMap::new(),
             by_addresses: HashMap::new(),
@@ -417,6 +453,48 @@ impl Speaker {
     pub async fn set_admin_down_all(&self) -> Result<(), SpeakerStopped> {
         self.request(|reply| Command::SetAdminDownAll { reply })
             .await
+    }
+
+    /// Listens for multihop Control packets (RFC 5883, port 4784) too, on these addresses; the
+    /// answer holds the bound addresses, with the port the system picked for port 0.
+    pub async fn listen_multihop(
+        &self,
+        ipv4: Option<SocketAddrV4>,
+        ipv6: Option<SocketAddrV6>,
+    ) -> Result<(Option<SocketAddrV4>, Option<SocketAddrV6>), BindError> {
+        if ipv4.is_none() && ipv6.is_none() {
+            return Err(BindError::NoAddressFamily);
+        }
+        let ipv4 = ipv4
+            .map(|address| tokio_receive_socket(SocketAddr::V4(address)))
+            .transpose()
+            .map_err(BindError::Ipv4)?;
+        let ipv6 = ipv6
+            .map(|address| tokio_receive_socket(SocketAddr::V6(address)))
+            .transpose()
+            .map_err(BindError::Ipv6)?;
+        let bound = (
+            match &ipv4 {
+                Some(socket) => match socket.local_addr().map_err(BindError::Ipv4)? {
+                    SocketAddr::V4(address) => Some(address),
+                    SocketAddr::V6(_) => unreachable!("an IPv4 socket has an IPv4 address"),
+                },
+                None => None,
+            },
+            match &ipv6 {
+                Some(socket) => match socket.local_addr().map_err(BindError::Ipv6)? {
+                    SocketAddr::V6(address) => Some(address),
+                    SocketAddr::V4(_) => unreachable!("an IPv6 socket has an IPv6 address"),
+                },
+                None => None,
+            },
+        );
+        self.request(|reply| Command::ListenMultihop { ipv4, ipv6, reply })
+            .await
+            .map_err(|SpeakerStopped| {
+                BindError::Ipv4(io::Error::other("the BFD speaker has stopped"))
+            })?;
+        Ok(bound)
     }
 
     /// Answers unknown peers inside the policy's prefixes from now on (`None`: only sessions
@@ -522,6 +600,10 @@ impl fmt::Display for AddSessionError {
                     "BFD speaker has no receive socket for this address family"
                 )
             }
+            AddSessionError::MultihopNotListening => write!(
+                formatter,
+                "BFD speaker does not listen for multihop packets of this address family"
+            ),
             AddSessionError::LinkLocalUnsupported => {
                 write!(
                     formatter,
@@ -599,6 +681,11 @@ enum Command {
         policy: Option<AcceptPolicy>,
         reply: oneshot::Sender<()>,
     },
+    ListenMultihop {
+        ipv4: Option<UdpSocket>,
+        ipv6: Option<UdpSocket>,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The state the speaker task owns.
@@ -609,6 +696,8 @@ struct Driver {
     events: broadcast::Sender<StateEvent>,
     ipv4: Option<UdpSocket>,
     ipv6: Option<UdpSocket>,
+    multihop_ipv4: Option<UdpSocket>,
+    multihop_ipv6: Option<UdpSocket>,
     sessions: HashMap<SessionId, Entry>,
     by_discriminator: HashMap<u32, SessionId>,
     by_addresses: HashMap<(IpAddr, IpAddr), SessionId>,
@@ -640,6 +729,7 @@ struct Entry {
     scheduled: Option<Duration>,
     counters: SessionCounters,
     accepted: bool,
+    multihop: Option<Multihop>,
     /// When the session last accepted a packet (or was created).
     last_received: Duration,
 }
@@ -656,6 +746,14 @@ enum Wake {
 enum Family {
     V4,
     V6,
+    MultihopV4,
+    MultihopV6,
+}
+
+impl Family {
+    fn multihop(self) -> bool {
+        matches!(self, Family::MultihopV4 | Family::MultihopV6)
+    }
 }
 
 impl Driver {
@@ -678,6 +776,12 @@ impl Driver {
                 command = self.commands.recv() => Wake::Command(command),
                 result = readable(self.ipv4.as_ref()) => Wake::Readable(Family::V4, result),
                 result = readable(self.ipv6.as_ref()) => Wake::Readable(Family::V6, result),
+                result = readable(self.multihop_ipv4.as_ref()) => {
+                    Wake::Readable(Family::MultihopV4, result)
+                }
+                result = readable(self.multihop_ipv6.as_ref()) => {
+                    Wake::Readable(Family::MultihopV6, result)
+                }
                 () = sleep_until(deadline) => Wake::Timer,
             };
             match wake {
@@ -689,14 +793,20 @@ impl Driver {
                     // The reactor gave up on this socket; waiting on it again would spin, so
                     // the family goes silent, its sessions time out, and the counter shows why.
                     self.counters.receive_errors += 1;
-                    match family {
-                        Family::V4 => self.ipv4 = None,
-                        Family::V6 => self.ipv6 = None,
-                    }
+                    *self.socket_mut(family) = None;
                 }
                 // Handled at the top of the loop.
                 Wake::Timer => {}
             }
+        }
+    }
+
+    fn socket_mut(&mut self, family: Family) -> &mut Option<UdpSocket> {
+        match family {
+            Family::V4 => &mut self.ipv4,
+            Family::V6 => &mut self.ipv6,
+            Family::MultihopV4 => &mut self.multihop_ipv4,
+            Family::MultihopV6 => &mut self.multihop_ipv6,
         }
     }
 
@@ -768,6 +878,15 @@ impl Driver {
             }
             Command::SetAcceptPolicy { policy, reply } => {
                 self.accept = policy;
+                let _ = reply.send(());
+            }
+            Command::ListenMultihop { ipv4, ipv6, reply } => {
+                if ipv4.is_some() {
+                    self.multihop_ipv4 = ipv4;
+                }
+                if ipv6.is_some() {
+                    self.multihop_ipv6 = ipv6;
+                }
                 let _ = reply.send(());
             }
         }
@@ -865,6 +984,7 @@ impl Driver {
             parameters: policy.parameters,
             authentication: policy.authentication.clone(),
             passive: true,
+            multihop: None,
         };
         match self.add_session(spec) {
             Ok(id) => {
@@ -899,6 +1019,14 @@ impl Driver {
         };
         if !bound {
             return Err(AddSessionError::AddressFamilyNotBound);
+        }
+        let multihop_bound = if spec.local.is_ipv4() {
+            self.multihop_ipv4.is_some()
+        } else {
+            self.multihop_ipv6.is_some()
+        };
+        if spec.multihop.is_some() && !multihop_bound {
+            return Err(AddSessionError::MultihopNotListening);
         }
         if link_local {
             return Err(AddSessionError::LinkLocalUnsupported);
@@ -948,6 +1076,7 @@ impl Driver {
                 scheduled: None,
                 counters: SessionCounters::default(),
                 accepted: false,
+                multihop: spec.multihop,
                 last_received: self.now(),
             },
         );
@@ -988,18 +1117,16 @@ impl Driver {
     fn drain(&mut self, family: Family) {
         let mut buffer = [0u8; RECEIVE_BUFFER_BYTES];
         for _ in 0..RECEIVE_BATCH_DATAGRAMS_MAX {
-            let socket = match family {
-                Family::V4 => self.ipv4.as_ref(),
-                Family::V6 => self.ipv6.as_ref(),
+            let Some(socket) = self.socket_mut(family).as_ref() else {
+                return;
             };
-            let Some(socket) = socket else { return };
             let received = socket.try_io(Interest::READABLE, || {
                 socket::receive_with_info(socket, &mut buffer)
             });
             match received {
                 Ok(info) => {
                     let now = self.now();
-                    self.handle_datagram(now, info, &buffer[..info.length]);
+                    self.handle_datagram(now, info, &buffer[..info.length], family.multihop());
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
@@ -1010,9 +1137,17 @@ impl Driver {
         }
     }
 
-    fn handle_datagram(&mut self, now: Duration, info: socket::DatagramInfo, payload: &[u8]) {
+    fn handle_datagram(
+        &mut self,
+        now: Duration,
+        info: socket::DatagramInfo,
+        payload: &[u8],
+        multihop: bool,
+    ) {
         self.counters.datagrams_received += 1;
-        if info.hop_limit != Some(SINGLE_HOP_TTL) {
+        // Multihop packets are checked against their session's minimum once it is known.
+        let ttl_known = info.hop_limit.is_some();
+        if !ttl_known || (!multihop && info.hop_limit != Some(SINGLE_HOP_TTL)) {
             self.counters.drops.wrong_ttl += 1;
             return;
         }
@@ -1048,8 +1183,19 @@ impl Driver {
             .sessions
             .get_mut(&id)
             .expect("the lookup maps only name live sessions");
-        if entry.peer != source || info.destination.is_some_and(|to| to != entry.local) {
+        // A packet on the other port than the session's kind is not the session's: a single-hop
+        // session must never take a packet whose TTL was checked only against a minimum.
+        if entry.peer != source
+            || info.destination.is_some_and(|to| to != entry.local)
+            || entry.multihop.is_some() != multihop
+        {
             entry.counters.drops.address_mismatch += 1;
+            return;
+        }
+        if let (Some(rule), Some(ttl)) = (entry.multihop, info.hop_limit)
+            && ttl < rule.min_ttl
+        {
+            self.counters.drops.wrong_ttl += 1;
             return;
         }
         match entry.session.on_packet(now, &packet, wire) {
@@ -1160,6 +1306,7 @@ impl Entry {
             detection_time: session.detection_time(),
             poll_active: session.poll_active(),
             accepted: self.accepted,
+            multihop: self.multihop.is_some(),
             counters: self.counters,
         }
     }

@@ -5,6 +5,8 @@
 //! Accepted sessions answer on the port their speaker listens on (3784 in real use), so each
 //! test puts its speakers on distinct loopback addresses sharing one port.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +19,9 @@ use tokio::time::{Instant, sleep};
 
 const STATE_WAIT: Duration = Duration::from_secs(10);
 
+/// 100 ms both ways, multiplier 3: a detection time of 300 ms.
 fn fast() -> Parameters {
-    Parameters {
-        desired_min_tx_interval_us: 100_000,
-        required_min_rx_interval_us: 100_000,
-        detect_multiplier: 3,
-    }
+    common::parameters(100, 100, 3)
 }
 
 fn v4(last: u8) -> Ipv4Addr {

@@ -1,6 +1,7 @@
 //! Interop with FRRouting's bfdd (Debian 12 `frr` 8.4), over a veth pair between two network
 //! namespaces this test creates: bfdd and its zebra/staticd/watchfrr run in one, our `Speaker`
 //! in the other, entered from a dedicated thread with `setns`. No traffic leaves them.
+//! Sessions: single hop over IPv4 and IPv6, and multihop (RFC 5883) over IPv4.
 //!
 //! Needs root, `ip` and FRR. Without them the test prints why and passes, unless `CI=true`,
 //! where a missing piece is a failure: CI must really run it.
@@ -9,7 +10,7 @@ mod lab;
 
 use std::fs;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use lab::{command_exists, find, run, wait_for_status};
 use nublar_bfd::{
     Diagnostic, Parameters, SessionId, SessionSpec, Speaker, SpeakerConfig, State, StateEvent,
+    limits,
 };
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -27,6 +29,10 @@ const FRR_ADDRESS_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const OUR_ADDRESS_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const FRR_ADDRESS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 const OUR_ADDRESS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+/// A second pair on the same link for a multihop session (RFC 5883): FRR keys sessions by
+/// address pair and kind, and a pair of its own keeps the single-hop one unambiguous.
+const FRR_MULTIHOP_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+const OUR_MULTIHOP_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
 const FRR_INTERFACE: &str = "nbfdfrr0";
 const OUR_INTERFACE: &str = "nbfdus0";
 
@@ -79,10 +85,33 @@ async fn scenario(frr: &Frr) {
         ))
         .await
         .expect("IPv6 session");
+    speaker
+        .listen_multihop(
+            Some(SocketAddrV4::new(
+                Ipv4Addr::UNSPECIFIED,
+                limits::MULTIHOP_CONTROL_PORT,
+            )),
+            None,
+        )
+        .await
+        .expect("bind 4784 in our namespace");
+    let multihop = speaker
+        .add_session(SessionSpec::multihop(
+            IpAddr::V4(OUR_MULTIHOP_V4),
+            IpAddr::V4(FRR_MULTIHOP_V4),
+            fast,
+            limits::MULTIHOP_MIN_TTL_DEFAULT,
+        ))
+        .await
+        .expect("multihop session");
 
-    // Both sessions come Up.
-    wait_for_events(&mut events, &[(ipv4, State::Up), (ipv6, State::Up)]).await;
-    eprintln!("both sessions Up");
+    // All three sessions come Up.
+    wait_for_events(
+        &mut events,
+        &[(ipv4, State::Up), (ipv6, State::Up), (multihop, State::Up)],
+    )
+    .await;
+    eprintln!("single-hop IPv4 and IPv6 and multihop sessions Up");
 
     // FRR agrees: its view of each peer matches ours, discriminators crosswise.
     let settled = wait_for_status(&speaker, STATE_WAIT, |sessions| {
@@ -107,6 +136,7 @@ async fn scenario(frr: &Frr) {
         assert_eq!(peer["remote-receive-interval"], 100, "{peer}");
         assert_eq!(peer["remote-transmit-interval"], 100, "{peer}");
         assert_eq!(peer["remote-detect-multiplier"], 3, "{peer}");
+        assert_eq!(peer["multihop"] == true, status.multihop, "{peer}");
         assert_eq!(status.remote_state, State::Up);
     }
     eprintln!("vtysh agrees with our state");
@@ -141,6 +171,7 @@ async fn scenario(frr: &Frr) {
     let mut pending = vec![
         (ipv4, Duration::from_millis(600)),
         (ipv6, Duration::from_millis(300)),
+        (multihop, Duration::from_millis(300)),
     ];
     while !pending.is_empty() {
         let event = next_event(&mut events).await;
@@ -163,9 +194,13 @@ async fn scenario(frr: &Frr) {
     }
     drop(frozen);
 
-    // Thawed, bfdd times out its side too and both sessions come Up again.
-    wait_for_events(&mut events, &[(ipv4, State::Up), (ipv6, State::Up)]).await;
-    eprintln!("both sessions Up again after thawing bfdd");
+    // Thawed, bfdd times out its side too and every session comes Up again.
+    wait_for_events(
+        &mut events,
+        &[(ipv4, State::Up), (ipv6, State::Up), (multihop, State::Up)],
+    )
+    .await;
+    eprintln!("all sessions Up again after thawing bfdd");
 
     // Our AdminDown reaches FRR, which reports the neighbour's signal (RFC 5880 6.8.6).
     speaker.set_admin_down(ipv6).await.expect("admin down");
@@ -277,9 +312,21 @@ impl Lab {
                 our_ns,
             ],
         );
-        for (namespace, interface, v4, v6) in [
-            (frr_ns, FRR_INTERFACE, FRR_ADDRESS_V4, FRR_ADDRESS_V6),
-            (our_ns, OUR_INTERFACE, OUR_ADDRESS_V4, OUR_ADDRESS_V6),
+        for (namespace, interface, v4, v6, multihop) in [
+            (
+                frr_ns,
+                FRR_INTERFACE,
+                FRR_ADDRESS_V4,
+                FRR_ADDRESS_V6,
+                FRR_MULTIHOP_V4,
+            ),
+            (
+                our_ns,
+                OUR_INTERFACE,
+                OUR_ADDRESS_V4,
+                OUR_ADDRESS_V6,
+                OUR_MULTIHOP_V4,
+            ),
         ] {
             let v4 = format!("{v4}/24");
             let v6 = format!("{v6}/64");
@@ -293,6 +340,11 @@ impl Lab {
                 &[
                     "-n", namespace, "addr", "add", &v6, "dev", interface, "nodad",
                 ],
+            );
+            let multihop = format!("{multihop}/24");
+            run(
+                "ip",
+                &["-n", namespace, "addr", "add", &multihop, "dev", interface],
             );
             run("ip", &["-n", namespace, "link", "set", "lo", "up"]);
             run("ip", &["-n", namespace, "link", "set", interface, "up"]);
@@ -326,6 +378,9 @@ impl Lab {
                profile fast\n \
               !\n \
               peer {OUR_ADDRESS_V6} local-address {FRR_ADDRESS_V6} interface {FRR_INTERFACE}\n  \
+               profile fast\n \
+              !\n \
+              peer {OUR_MULTIHOP_V4} multihop local-address {FRR_MULTIHOP_V4}\n  \
                profile fast\n \
               !\n\
              !\n",
@@ -434,7 +489,7 @@ impl Frr {
                 .expect("run vtysh");
             if output.status.success()
                 && let Ok(Value::Array(peers)) = serde_json::from_slice(&output.stdout)
-                && peers.len() == 2
+                && peers.len() == 3
             {
                 return;
             }

@@ -75,7 +75,11 @@ pub fn render(sessions: &[SessionStatus]) -> String {
             session.counters.packets_sent,
             session.counters.packets_received,
             drops.authentication + drops.address_mismatch + drops.rejected,
-            if session.accepted { "accepted" } else { "peer" },
+            match (session.accepted, session.multihop) {
+                (true, _) => "accepted",
+                (false, false) => "peer",
+                (false, true) => "peer,multihop",
+            },
         );
     }
     out

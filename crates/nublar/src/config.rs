@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use nublar_bfd::{
-    AcceptPolicy, AuthenticationMode, Parameters, SessionSpec, Sha1Key, SimplePassword,
+    AcceptPolicy, AuthenticationMode, Multihop, Parameters, SessionSpec, Sha1Key, SimplePassword,
     SpeakerConfig,
 };
 use nublar_ingest::{AccessConfig, IngestConfig, Prefix, Scope, Token};
@@ -99,6 +99,9 @@ pub struct BfdSection {
     pub ipv4_listen: String,
     /// As `ipv4_listen`, for IPv6.
     pub ipv6_listen: String,
+    /// Where multihop Control packets (RFC 5883, port 4784) are received; empty: none.
+    pub multihop_ipv4_listen: String,
+    pub multihop_ipv6_listen: String,
     pub desired_min_tx_ms: u32,
     pub required_min_rx_ms: u32,
     pub detect_multiplier: u8,
@@ -128,24 +131,27 @@ pub struct BfdAuthenticationSection {
 pub struct BfdPeerSection {
     pub local: IpAddr,
     pub peer: IpAddr,
-    #[serde(default = "bfd_port")]
-    pub peer_port: u16,
+    /// Where the peer listens: 3784, or 4784 for multihop.
+    pub peer_port: Option<u16>,
     pub desired_min_tx_ms: Option<u32>,
     pub required_min_rx_ms: Option<u32>,
     pub detect_multiplier: Option<u8>,
     #[serde(default)]
     pub passive: bool,
     pub authentication: Option<BfdAuthenticationSection>,
-}
-
-fn bfd_port() -> u16 {
-    nublar_bfd::limits::SINGLE_HOP_CONTROL_PORT
+    /// A multihop session (RFC 5883), received on the multihop listen address.
+    #[serde(default)]
+    pub multihop: bool,
+    /// For multihop: the lowest TTL accepted (254: at most one router between).
+    pub min_ttl: Option<u8>,
 }
 
 /// The BFD section turned into what the speaker takes.
 #[derive(Clone, Debug)]
 pub struct BfdPlan {
     pub speaker: SpeakerConfig,
+    pub multihop_ipv4: Option<SocketAddrV4>,
+    pub multihop_ipv6: Option<SocketAddrV6>,
     pub sessions: Vec<SessionSpec>,
     pub accept: Option<AcceptPolicy>,
 }
@@ -199,6 +205,8 @@ impl Default for BfdSection {
             enabled: false,
             ipv4_listen: "0.0.0.0:3784".into(),
             ipv6_listen: "[::]:3784".into(),
+            multihop_ipv4_listen: String::new(),
+            multihop_ipv6_listen: String::new(),
             desired_min_tx_ms: 300,
             required_min_rx_ms: 300,
             detect_multiplier: 3,
@@ -217,20 +225,12 @@ impl BfdSection {
         if !self.enabled {
             return Ok(None);
         }
-        let ipv4_bind = match self.ipv4_listen.trim() {
-            "" => None,
-            text => Some(
-                text.parse::<SocketAddrV4>()
-                    .map_err(|error| anyhow::anyhow!("bfd.ipv4_listen {text:?}: {error}"))?,
-            ),
-        };
-        let ipv6_bind = match self.ipv6_listen.trim() {
-            "" => None,
-            text => Some(
-                text.parse::<SocketAddrV6>()
-                    .map_err(|error| anyhow::anyhow!("bfd.ipv6_listen {text:?}: {error}"))?,
-            ),
-        };
+        let ipv4_bind = parse_listen::<SocketAddrV4>(&self.ipv4_listen, "bfd.ipv4_listen")?;
+        let ipv6_bind = parse_listen::<SocketAddrV6>(&self.ipv6_listen, "bfd.ipv6_listen")?;
+        let multihop_ipv4 =
+            parse_listen::<SocketAddrV4>(&self.multihop_ipv4_listen, "bfd.multihop_ipv4_listen")?;
+        let multihop_ipv6 =
+            parse_listen::<SocketAddrV6>(&self.multihop_ipv6_listen, "bfd.multihop_ipv6_listen")?;
         anyhow::ensure!(
             ipv4_bind.is_some() || ipv6_bind.is_some(),
             "bfd is enabled but both ipv4_listen and ipv6_listen are empty"
@@ -290,10 +290,30 @@ impl BfdSection {
                 "bfd peer {}: no listen address of its family is configured",
                 peer.peer
             );
+            let multihop_bound = if peer.local.is_ipv4() {
+                multihop_ipv4.is_some()
+            } else {
+                multihop_ipv6.is_some()
+            };
+            anyhow::ensure!(
+                !peer.multihop || multihop_bound,
+                "bfd peer {}: multihop, but no multihop listen address of its family is \
+                 configured (bfd.multihop_ipv4_listen / multihop_ipv6_listen)",
+                peer.peer
+            );
+            anyhow::ensure!(
+                peer.multihop || peer.min_ttl.is_none(),
+                "bfd peer {}: min_ttl applies to multihop sessions only",
+                peer.peer
+            );
             sessions.push(SessionSpec {
                 local: peer.local,
                 peer: peer.peer,
-                peer_port: peer.peer_port,
+                peer_port: peer.peer_port.unwrap_or(if peer.multihop {
+                    nublar_bfd::limits::MULTIHOP_CONTROL_PORT
+                } else {
+                    nublar_bfd::limits::SINGLE_HOP_CONTROL_PORT
+                }),
                 parameters,
                 authentication: match &peer.authentication {
                     Some(section) => Some(
@@ -304,6 +324,11 @@ impl BfdSection {
                     None => default_authentication.clone(),
                 },
                 passive: peer.passive,
+                multihop: peer.multihop.then(|| Multihop {
+                    min_ttl: peer
+                        .min_ttl
+                        .unwrap_or(nublar_bfd::limits::MULTIHOP_MIN_TTL_DEFAULT),
+                }),
             });
         }
         Ok(Some(BfdPlan {
@@ -311,6 +336,8 @@ impl BfdSection {
                 ipv4_bind,
                 ipv6_bind,
             },
+            multihop_ipv4,
+            multihop_ipv6,
             sessions,
             accept,
         }))
@@ -337,6 +364,20 @@ impl BfdSection {
                 .and_then(|peer| peer.detect_multiplier)
                 .unwrap_or(self.detect_multiplier),
         })
+    }
+}
+
+/// An optional listen address: empty leaves it out.
+fn parse_listen<T: std::str::FromStr>(text: &str, name: &str) -> anyhow::Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match text.trim() {
+        "" => Ok(None),
+        text => text
+            .parse::<T>()
+            .map(Some)
+            .map_err(|error| anyhow::anyhow!("{name} {text:?}: {error}")),
     }
 }
 
@@ -504,10 +545,14 @@ mod tests {
             .filter(|line| !line.starts_with("##"))
             .map(|line| line.strip_prefix("# ").unwrap_or(line))
             .collect();
-        let peers = format!("[bfd]\nenabled = true\n{}\n", example.join("\n"));
+        let peers = format!(
+            "[bfd]\nenabled = true\nmultihop_ipv4_listen = \"0.0.0.0:4784\"\n{}\n",
+            example.join("\n")
+        );
         let peers: NodeConfig = toml::from_str(&peers).unwrap();
         let plan = peers.bfd.plan().unwrap().unwrap();
-        assert_eq!(plan.sessions.len(), 2);
+        assert_eq!(plan.sessions.len(), 3);
+        assert!(plan.sessions[1].multihop.is_some());
     }
 
     #[test]
@@ -614,6 +659,46 @@ mod tests {
         ] {
             let config: NodeConfig =
                 toml::from_str(&format!("[bfd]\nenabled = true\n{bad}\n")).unwrap();
+            let error = format!("{:#}", config.bfd.plan().unwrap_err());
+            assert!(error.contains(expected), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn bfd_multihop_peers_need_a_multihop_listen_address_and_default_to_port_4784() {
+        let config: NodeConfig = toml::from_str(
+            "[bfd]\nenabled = true\nmultihop_ipv4_listen = \"0.0.0.0:4784\"\n\
+             [[bfd.peers]]\nlocal = \"192.0.2.10\"\npeer = \"198.51.100.1\"\nmultihop = true\n\
+             [[bfd.peers]]\nlocal = \"192.0.2.10\"\npeer = \"198.51.100.2\"\nmultihop = true\n\
+             min_ttl = 64\n",
+        )
+        .unwrap();
+        let plan = config.bfd.plan().unwrap().unwrap();
+        assert_eq!(plan.multihop_ipv4, Some("0.0.0.0:4784".parse().unwrap()));
+        assert_eq!(plan.multihop_ipv6, None);
+        assert_eq!(plan.sessions[0].peer_port, 4784);
+        assert_eq!(plan.sessions[0].multihop, Some(Multihop { min_ttl: 254 }));
+        assert_eq!(plan.sessions[1].multihop, Some(Multihop { min_ttl: 64 }));
+        for (bad, expected) in [
+            (
+                "[[bfd.peers]]\nlocal = \"::1\"\npeer = \"::2\"\nmultihop = true\n",
+                "no multihop listen address",
+            ),
+            (
+                "[[bfd.peers]]\nlocal = \"127.0.0.1\"\npeer = \"127.0.0.2\"\nmin_ttl = 9\n",
+                "multihop sessions only",
+            ),
+            (
+                "multihop_ipv6_listen = \"nonsense\"\n",
+                "bfd.multihop_ipv6_listen",
+            ),
+        ] {
+            let text =
+                format!("[bfd]\nenabled = true\nmultihop_ipv4_listen = \"0.0.0.0:4784\"\n{bad}");
+            let config: NodeConfig = match toml::from_str(&text) {
+                Ok(config) => config,
+                Err(error) => panic!("{bad}: {error}"),
+            };
             let error = format!("{:#}", config.bfd.plan().unwrap_err());
             assert!(error.contains(expected), "{bad}: {error}");
         }

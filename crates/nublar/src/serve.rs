@@ -240,6 +240,15 @@ async fn start_bfd(node: &NodeConfig) -> anyhow::Result<Option<Speaker>> {
         return Ok(None);
     };
     let speaker = Speaker::bind(plan.speaker).context("binding BFD")?;
+    let multihop = if plan.multihop_ipv4.is_some() || plan.multihop_ipv6.is_some() {
+        let (ipv4, ipv6) = speaker
+            .listen_multihop(plan.multihop_ipv4, plan.multihop_ipv6)
+            .await
+            .context("binding BFD multihop")?;
+        [ipv4.map(|a| a.to_string()), ipv6.map(|a| a.to_string())]
+    } else {
+        [None, None]
+    };
     for spec in plan.sessions {
         let (local, peer) = (spec.local, spec.peer);
         speaker
@@ -253,9 +262,12 @@ async fn start_bfd(node: &NodeConfig) -> anyhow::Result<Option<Speaker>> {
             .await
             .context("setting the BFD accept policy")?;
     }
+    let [multihop_ipv4, multihop_ipv6] = multihop;
     let listening = [
         speaker.ipv4_address().map(|address| address.to_string()),
         speaker.ipv6_address().map(|address| address.to_string()),
+        multihop_ipv4.map(|address| format!("{address} (multihop)")),
+        multihop_ipv6.map(|address| format!("{address} (multihop)")),
     ];
     eprintln!(
         "bfd listening on {}",
