@@ -30,6 +30,9 @@ pub enum BenchCommand {
     /// Failover of a sender when its gateway freezes, with BFD and with the HTTP time-out
     /// alone: time from the old gateway's last acknowledgement to the new one's first.
     Failover(crate::bench_failover::FailoverArgs),
+    /// The lake sink from the log into committed Delta on one core, beside DuckDB converting
+    /// the same rows from CSV to Parquet.
+    Lake(crate::bench_lake::LakeBenchArgs),
 }
 
 #[derive(Args)]
@@ -89,6 +92,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::LogOpen(args) => log_open_bench(args),
         BenchCommand::BfdSessions(args) => crate::bench_bfd::run(args),
         BenchCommand::Failover(args) => crate::bench_failover::run(args),
+        BenchCommand::Lake(args) => crate::bench_lake::run(args),
         BenchCommand::Parse(args) => {
             println!("{}", machine_line());
             let report = nublar_model::bench::parse_throughput(args.lines, args.seconds);

@@ -29,6 +29,57 @@ pub struct NodeConfig {
     pub bfd: BfdSection,
     pub dead_letters: DeadLettersSection,
     pub schema: SchemaSection,
+    pub lake: LakeSection,
+}
+
+/// The lake sink: the telemetry topic into Delta tables under `<data>/lake`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LakeSection {
+    pub enabled: bool,
+    pub commit_interval_ms: u64,
+    pub rows_max: usize,
+    pub bytes_max: usize,
+    pub zstd_level: i32,
+}
+
+impl Default for LakeSection {
+    fn default() -> LakeSection {
+        let sink = nublar_lake::SinkConfig::new(std::path::PathBuf::new());
+        LakeSection {
+            enabled: true,
+            commit_interval_ms: sink.commit_interval.as_millis() as u64,
+            rows_max: sink.rows_max,
+            bytes_max: sink.bytes_max,
+            zstd_level: sink.zstd_level,
+        }
+    }
+}
+
+impl LakeSection {
+    /// The sink's configuration for a node whose data lives in `data`; `None` when off.
+    pub fn sink(&self, data: &Path) -> anyhow::Result<Option<nublar_lake::SinkConfig>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            self.commit_interval_ms > 0,
+            "lake.commit_interval_ms must be at least 1"
+        );
+        anyhow::ensure!(self.rows_max > 0, "lake.rows_max must be at least 1");
+        anyhow::ensure!(
+            (1..=22).contains(&self.zstd_level),
+            "lake.zstd_level must be 1 to 22, not {}",
+            self.zstd_level
+        );
+        Ok(Some(nublar_lake::SinkConfig {
+            commit_interval: Duration::from_millis(self.commit_interval_ms),
+            rows_max: self.rows_max,
+            bytes_max: self.bytes_max,
+            zstd_level: self.zstd_level,
+            ..nublar_lake::SinkConfig::new(data.join("lake"))
+        }))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_bfd;
 mod bench_failover;
+mod bench_lake;
 mod bfd_command;
 mod config;
 mod failover;

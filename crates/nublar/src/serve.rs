@@ -113,7 +113,9 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the log in {}", log_dir.display()))?;
     let bus: Arc<dyn Bus> = EmbeddedBus::new(log.clone()).into_shared();
     let open = ingest.access.is_open();
-    let gateway = Gateway::new(bus, ingest).await?;
+    let gateway = Gateway::new(bus.clone(), ingest).await?;
+    // After the gateway, which creates the telemetry topic the sink reads.
+    let lake = start_lake(data, &node, bus.clone(), &gateway)?;
     let (http_address, udp_address) = (node.http.listen, node.udp.listen);
     let http = TcpListener::bind(http_address)
         .await
@@ -210,6 +212,17 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
             drain_seconds
         );
     }
+    if let Some((stop_lake, lake_task)) = lake {
+        // Everything acknowledged is in the log; what the sink still buffers is committed now,
+        // and what it had not read yet it reads at the next start.
+        let _ = stop_lake.send(true);
+        match tokio::time::timeout(Duration::from_secs(drain_seconds.max(1)), lake_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => eprintln!("lake sink: {error}"),
+            Ok(Err(error)) => eprintln!("lake sink task failed: {error}"),
+            Err(_) => eprintln!("lake sink did not finish its last commit in time"),
+        }
+    }
     let _ = std::fs::remove_file(&node_file);
     if let Some(speaker) = bfd {
         // The HTTP task, which held the other handle, has ended unless the drain timed out;
@@ -223,6 +236,52 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         .context("closing the log")?;
     eprintln!("stopped cleanly");
     Ok(())
+}
+
+type LakeTask = tokio::task::JoinHandle<Result<(), nublar_lake::LakeError>>;
+
+/// Starts the lake sink when `[lake]` is enabled, with its counters in `/metrics`.
+fn start_lake(
+    data: &Path,
+    node: &NodeConfig,
+    bus: Arc<dyn Bus>,
+    gateway: &Gateway,
+) -> anyhow::Result<Option<(tokio::sync::watch::Sender<bool>, LakeTask)>> {
+    let Some(config) = node.lake.sink(data)? else {
+        return Ok(None);
+    };
+    let sink = nublar_lake::Sink::new(bus, config);
+    let counters = sink.counters();
+    gateway.add_metrics(Arc::new(move || {
+        let text = lake_prometheus(&counters);
+        Box::pin(async move { text })
+    }));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move { sink.run(stopped).await });
+    Ok(Some((stop, task)))
+}
+
+fn lake_prometheus(counters: &nublar_lake::SinkCounters) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    for (name, value) in [
+        ("nublar_lake_rows_written_total", &counters.rows_written),
+        ("nublar_lake_rows_skipped_total", &counters.rows_skipped),
+        ("nublar_lake_commits_total", &counters.commits),
+        ("nublar_lake_failed_rounds_total", &counters.failed_rounds),
+        (
+            "nublar_lake_values_mismatched_total",
+            &counters.values_mismatched,
+        ),
+        (
+            "nublar_lake_records_unreadable_total",
+            &counters.records_unreadable,
+        ),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+    }
+    out
 }
 
 /// Longest a SIGTERM waits for the peers to hear our AdminDown.

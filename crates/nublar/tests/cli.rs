@@ -306,3 +306,34 @@ fn the_failover_benchmark_freezes_gateways_and_compares_bfd_with_the_time_out() 
     assert!(!text.contains("false Down"), "{text}");
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
+
+/// The lake benchmark with tiny parameters: the sink writes every row, DuckDB's figure is
+/// beside it when DuckDB is installed (always under CI), and the data is gone afterwards.
+#[test]
+fn the_lake_benchmark_measures_the_sink_beside_duckdb_and_cleans_up() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = nublar(&[
+        "bench",
+        "lake",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--rows",
+        "20000",
+        "--batch",
+        "1000",
+        "--partitions",
+        "2",
+    ]);
+    let text = stdout(&output);
+    assert!(
+        text.contains("sink: 20000 rows into committed Delta (zstd)"),
+        "{text}"
+    );
+    let duckdb = text.contains("DuckDB CSV -> zstd Parquet, same rows, same run: ");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(duckdb, "DuckDB is installed under CI: {text}");
+    } else if !duckdb {
+        eprintln!("DuckDB comparison skipped: {text}");
+    }
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}

@@ -1,0 +1,402 @@
+//! The lake sink: the `telemetry` topic into one Delta table per database and measurement,
+//! exactly once.
+//!
+//! The sink reads every partition of its topic from its consumer group's offsets, turns each
+//! record (one event as canonical line protocol, with the database and sender in the headers of
+//! its batch's first record) into a row of its table's buffer, and commits when the oldest
+//! buffered row has waited `commit_interval`, or the buffers reach `rows_max` or `bytes_max`.
+//! A commit writes each table's rows with the last offset of each partition it now holds, in the
+//! same Delta transaction; only when every table has committed does the group commit its
+//! offsets. After a crash anywhere in between, the sink starts from the group's offsets and
+//! skips, per table, what the table says it already holds: nothing is lost and nothing is
+//! written twice.
+//!
+//! Any failure of a table commit ends the round: the sink forgets what it buffered, waits a
+//! moment, and reads again from its group's offsets, which is the same path as a restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nublar_bus::{Bus, BusError, ReadBatches, Start};
+use nublar_model::{ParseLimits, Precision, parse_lines};
+use tokio::sync::watch;
+
+use crate::LakeError;
+use crate::buffer::{Mismatch, RowOrigin, TableBuffer};
+use crate::names;
+use crate::table::{Table, app_id};
+
+/// How the sink runs; see the example configuration for each option's meaning and default.
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub topic: String,
+    pub group: String,
+    /// Where the tables live: `<lake>/<database>/<measurement>`, names stored as
+    /// [`names::encode`] writes them.
+    pub lake_dir: PathBuf,
+    pub commit_interval: Duration,
+    pub rows_max: usize,
+    pub bytes_max: usize,
+    /// Bytes asked of the bus per read of one partition.
+    pub read_bytes: usize,
+    pub zstd_level: i32,
+    /// How long to wait after a failed round before reading again.
+    pub retry_after: Duration,
+}
+
+impl SinkConfig {
+    pub fn new(lake_dir: PathBuf) -> SinkConfig {
+        SinkConfig {
+            topic: "telemetry".into(),
+            group: "lake".into(),
+            lake_dir,
+            commit_interval: Duration::from_secs(1),
+            rows_max: 1_000_000,
+            bytes_max: 256 << 20,
+            read_bytes: 4 << 20,
+            zstd_level: 1,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the sink has done, for `/metrics` and tests.
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    pub rows_written: AtomicU64,
+    /// Rows read that a table already held (after a restart).
+    pub rows_skipped: AtomicU64,
+    pub commits: AtomicU64,
+    /// Rounds that failed and were read again.
+    pub failed_rounds: AtomicU64,
+    /// Values left out because their column has another type in the table.
+    pub values_mismatched: AtomicU64,
+    /// Records that could not be made into a row (no database header, not a line).
+    pub records_unreadable: AtomicU64,
+}
+
+pub struct Sink {
+    bus: Arc<dyn Bus>,
+    config: SinkConfig,
+    counters: Arc<SinkCounters>,
+}
+
+/// The rows of one table waiting for the next commit, and the positions they take it to.
+#[derive(Default)]
+struct Pending {
+    buffer: TableBuffer,
+    positions: BTreeMap<String, i64>,
+}
+
+/// One round's state: rebuilt from the group's offsets after any failure.
+struct Round {
+    next: Vec<i64>,
+    committed: Vec<i64>,
+    tables: HashMap<(String, String), Table>,
+    pending: HashMap<(String, String), Pending>,
+    oldest_pending: Option<Instant>,
+    app_ids: Vec<String>,
+    /// Once asked to stop: the end of each partition then, which the round reads up to.
+    drain_to: Option<Vec<i64>>,
+}
+
+impl Sink {
+    pub fn new(bus: Arc<dyn Bus>, config: SinkConfig) -> Sink {
+        Sink {
+            bus,
+            config,
+            counters: Arc::new(SinkCounters::default()),
+        }
+    }
+
+    pub fn counters(&self) -> Arc<SinkCounters> {
+        self.counters.clone()
+    }
+
+    /// Runs until `stop` turns true, then reads up to where the log ends at that moment,
+    /// commits, and returns. Failed rounds are retried; only a bus that cannot serve the topic
+    /// at all ends the sink with an error (or a failure while stopping).
+    pub async fn run(&self, mut stop: watch::Receiver<bool>) -> Result<(), LakeError> {
+        self.bus
+            .require_group(&self.config.group, &self.config.topic)
+            .await
+            .map_err(LakeError::Bus)?;
+        loop {
+            match self.round(&mut stop).await {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    self.counters.failed_rounds.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, "lake sink round failed; reading again from the last commit");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.config.retry_after) => {}
+                        _ = stop.wait_for(|stopped| *stopped) => return Err(error),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads and commits until stopped (Ok) or until something fails (Err).
+    async fn round(&self, stop: &mut watch::Receiver<bool>) -> Result<(), LakeError> {
+        let topic = &self.config.topic;
+        let partitions = self.bus.partitions(topic).await.map_err(LakeError::Bus)?;
+        let mut next = Vec::new();
+        for partition in 0..partitions {
+            let committed = self
+                .bus
+                .committed(&self.config.group, topic, partition)
+                .await
+                .map_err(LakeError::Bus)?;
+            let start = match committed {
+                Some(offset) => offset,
+                None => {
+                    self.bus
+                        .offsets(topic, partition)
+                        .await
+                        .map_err(LakeError::Bus)?
+                        .start
+                }
+            };
+            next.push(start);
+        }
+        let mut round = Round {
+            committed: next.clone(),
+            next,
+            tables: HashMap::new(),
+            pending: HashMap::new(),
+            oldest_pending: None,
+            app_ids: (0..partitions).map(|p| app_id(topic, p)).collect(),
+            drain_to: None,
+        };
+        loop {
+            let mut read_any = false;
+            for partition in 0..partitions {
+                let batches = self
+                    .bus
+                    .read(
+                        topic,
+                        partition,
+                        Start::Offset(round.next[partition as usize]),
+                        self.config.read_bytes,
+                    )
+                    .await
+                    .map_err(LakeError::Bus)?;
+                if let Some(next) = batches.next_offset() {
+                    read_any = true;
+                    self.take(&mut round, partition, &batches).await?;
+                    round.next[partition as usize] = next;
+                }
+                if self.full(&round) {
+                    self.commit(&mut round).await?;
+                }
+            }
+            // Asked to stop: read up to where the log ends now, so that a drained node's lake
+            // holds everything it acknowledged, then commit and return.
+            if *stop.borrow() && round.drain_to.is_none() {
+                let mut ends = Vec::new();
+                for partition in 0..partitions {
+                    ends.push(
+                        self.bus
+                            .offsets(topic, partition)
+                            .await
+                            .map_err(LakeError::Bus)?
+                            .end,
+                    );
+                }
+                round.drain_to = Some(ends);
+                continue;
+            }
+            let drained = round.drain_to.as_ref().is_some_and(|ends| {
+                !read_any || round.next.iter().zip(ends).all(|(next, end)| next >= end)
+            });
+            let due = round
+                .oldest_pending
+                .is_some_and(|oldest| oldest.elapsed() >= self.config.commit_interval);
+            if drained || due || (!read_any && round.next != round.committed) {
+                self.commit(&mut round).await?;
+            }
+            if drained {
+                return Ok(());
+            }
+            if !read_any && round.drain_to.is_none() {
+                let wait = match round.oldest_pending {
+                    Some(oldest) => self.config.commit_interval.saturating_sub(oldest.elapsed()),
+                    None => self.config.commit_interval,
+                };
+                tokio::select! {
+                    () = self.wait_for_records(&round.next, wait) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+
+    fn full(&self, round: &Round) -> bool {
+        let (rows, bytes) = round
+            .pending
+            .values()
+            .fold((0, 0), |(rows, bytes), pending| {
+                (rows + pending.buffer.rows(), bytes + pending.buffer.bytes())
+            });
+        rows >= self.config.rows_max || bytes >= self.config.bytes_max
+    }
+
+    /// Waits until any partition has a record past `next`, at most `limit`.
+    async fn wait_for_records(&self, next: &[i64], limit: Duration) {
+        let mut waits = tokio::task::JoinSet::new();
+        for (partition, offset) in next.iter().enumerate() {
+            let bus = self.bus.clone();
+            let topic = self.config.topic.clone();
+            let offset = *offset;
+            waits.spawn(async move {
+                bus.wait(&topic, partition as u32, offset, limit)
+                    .await
+                    .unwrap_or(false)
+            });
+        }
+        while let Some(result) = waits.join_next().await {
+            if result.unwrap_or(false) {
+                break;
+            }
+        }
+        waits.abort_all();
+    }
+
+    /// Makes rows of the records of `batches` past the round's position in `partition`.
+    async fn take(
+        &self,
+        round: &mut Round,
+        partition: u32,
+        batches: &ReadBatches,
+    ) -> Result<(), LakeError> {
+        let app = app_id(&self.config.topic, partition);
+        let from = round.next[partition as usize];
+        let mut mismatches: Vec<Mismatch> = Vec::new();
+        for view in batches.iter() {
+            let records = view
+                .records()
+                .map_err(|error| LakeError::Bus(BusError::Corruption(error.to_string())))?;
+            let batch_key = view
+                .batch_key()
+                .map_err(|error| LakeError::Bus(BusError::Corruption(error.to_string())))?;
+            let mut database: Option<String> = None;
+            let mut sender: Option<String> = None;
+            for (index, record) in records.iter().enumerate() {
+                let record = record
+                    .map_err(|error| LakeError::Bus(BusError::Corruption(error.to_string())))?;
+                if index == 0 {
+                    database = record
+                        .header("db")
+                        .and_then(|value| std::str::from_utf8(value).ok())
+                        .map(str::to_owned);
+                    sender = record
+                        .header("sender")
+                        .and_then(|value| std::str::from_utf8(value).ok())
+                        .map(str::to_owned);
+                }
+                if record.offset < from {
+                    continue;
+                }
+                let Some(db) = database.as_deref() else {
+                    self.counters
+                        .records_unreadable
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let Some((_, Ok(line))) =
+                    parse_lines(record.value, Precision::Ns, ParseLimits::default()).next()
+                else {
+                    self.counters
+                        .records_unreadable
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let key = (db.to_owned(), line.measurement.to_string());
+                if !round.tables.contains_key(&key) {
+                    let dir = self
+                        .config
+                        .lake_dir
+                        .join(names::encode(db))
+                        .join(names::encode(&line.measurement));
+                    let table = Table::open(
+                        &dir,
+                        &line.measurement,
+                        self.config.zstd_level,
+                        &round.app_ids,
+                    )
+                    .await?;
+                    round.tables.insert(key.clone(), table);
+                }
+                let table = &round.tables[&key];
+                if table.holds(&app, record.offset) {
+                    self.counters.rows_skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let timestamp_ns = line
+                    .timestamp_ns
+                    .unwrap_or(record.timestamp_ms.saturating_mul(1_000_000));
+                let pending = round.pending.entry(key).or_default();
+                pending.buffer.push(
+                    &line,
+                    timestamp_ns,
+                    &RowOrigin {
+                        sender: sender.as_deref(),
+                        batch_key: batch_key.as_deref(),
+                    },
+                    |name| table.known(name),
+                    &mut mismatches,
+                );
+                pending.positions.insert(app.clone(), record.offset);
+                round.oldest_pending.get_or_insert_with(Instant::now);
+            }
+        }
+        if !mismatches.is_empty() {
+            self.counters
+                .values_mismatched
+                .fetch_add(mismatches.len() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                first = ?mismatches[0],
+                count = mismatches.len(),
+                "values left out of the lake: their column has another type"
+            );
+        }
+        Ok(())
+    }
+
+    /// Commits every table's rows, then the group's offsets.
+    async fn commit(&self, round: &mut Round) -> Result<(), LakeError> {
+        let pending = std::mem::take(&mut round.pending);
+        round.oldest_pending = None;
+        for (key, mut pending) in pending {
+            let rows = pending.buffer.rows();
+            let table = round
+                .tables
+                .get_mut(&key)
+                .expect("a table is opened before rows are buffered for it");
+            table
+                .commit(&mut pending.buffer, &pending.positions)
+                .await?;
+            self.counters
+                .rows_written
+                .fetch_add(rows as u64, Ordering::Relaxed);
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        if round.next != round.committed {
+            let offsets: Vec<(&str, u32, i64)> = round
+                .next
+                .iter()
+                .enumerate()
+                .map(|(partition, offset)| (self.config.topic.as_str(), partition as u32, *offset))
+                .collect();
+            self.bus
+                .commit(&self.config.group, &offsets)
+                .await
+                .map_err(LakeError::Bus)?;
+            round.committed = round.next.clone();
+        }
+        Ok(())
+    }
+}
