@@ -170,7 +170,9 @@ impl SchemaRegistry {
         for &(measurement, column, kind) in &verdict.new_columns {
             let (kind, field_type) = match kind {
                 ColumnKind::Tag => ("tag", None),
-                ColumnKind::Field(field_type) => ("field", Some(type_name(field_type))),
+                ColumnKind::Field(field_type) => {
+                    ("field", Some(FieldType::stored_name(field_type)))
+                }
             };
             let record = SchemaRecord {
                 db: db.into(),
@@ -339,7 +341,7 @@ impl Known {
             .and_then(|record| {
                 let kind = match (record.kind, record.field_type) {
                     ("tag", None) => ColumnKind::Tag,
-                    ("field", Some(name)) => ColumnKind::Field(type_from_name(name)?),
+                    ("field", Some(name)) => ColumnKind::Field(FieldType::from_stored_name(name)?),
                     _ => return None,
                 };
                 Some((record, kind))
@@ -421,28 +423,6 @@ impl fmt::Display for Conflict<'_> {
             ),
         }
     }
-}
-
-/// The type names of the stored format (stable: the lake reads them).
-fn type_name(field_type: FieldType) -> &'static str {
-    match field_type {
-        FieldType::F64 => "float",
-        FieldType::I64 => "integer",
-        FieldType::U64 => "unsigned",
-        FieldType::Bool => "boolean",
-        FieldType::Str => "string",
-    }
-}
-
-fn type_from_name(name: &str) -> Option<FieldType> {
-    Some(match name {
-        "float" => FieldType::F64,
-        "integer" => FieldType::I64,
-        "unsigned" => FieldType::U64,
-        "boolean" => FieldType::Bool,
-        "string" => FieldType::Str,
-        _ => return None,
-    })
 }
 
 fn corrupt(error: impl fmt::Display) -> BusError {

@@ -44,27 +44,19 @@ pub fn app_id(topic: &str, partition: u32) -> String {
     format!("{topic}/{partition}")
 }
 
+/// A column's kind as the schema registry writes it: `tag`, or the field type's stored name.
 fn kind_name(kind: ColumnKind) -> &'static str {
     match kind {
         ColumnKind::Tag => "tag",
-        ColumnKind::Field(FieldType::F64) => "float",
-        ColumnKind::Field(FieldType::I64) => "integer",
-        ColumnKind::Field(FieldType::U64) => "unsigned",
-        ColumnKind::Field(FieldType::Bool) => "boolean",
-        ColumnKind::Field(FieldType::Str) => "string",
+        ColumnKind::Field(field_type) => field_type.stored_name(),
     }
 }
 
 fn kind_from_name(name: &str) -> Option<ColumnKind> {
-    Some(match name {
-        "tag" => ColumnKind::Tag,
-        "float" => ColumnKind::Field(FieldType::F64),
-        "integer" => ColumnKind::Field(FieldType::I64),
-        "unsigned" => ColumnKind::Field(FieldType::U64),
-        "boolean" => ColumnKind::Field(FieldType::Bool),
-        "string" => ColumnKind::Field(FieldType::Str),
-        _ => return None,
-    })
+    match name {
+        "tag" => Some(ColumnKind::Tag),
+        name => FieldType::from_stored_name(name).map(ColumnKind::Field),
+    }
 }
 
 /// The Delta column for a sender's column.

@@ -155,6 +155,32 @@ impl FieldType {
     }
 }
 
+impl FieldType {
+    /// The type's name where nublar stores it (the schema registry, the lake's column
+    /// metadata): stable, unlike [`FieldType::name`], which is worded for messages.
+    pub fn stored_name(self) -> &'static str {
+        match self {
+            FieldType::F64 => "float",
+            FieldType::I64 => "integer",
+            FieldType::U64 => "unsigned",
+            FieldType::Bool => "boolean",
+            FieldType::Str => "string",
+        }
+    }
+
+    /// The type a [`FieldType::stored_name`] names.
+    pub fn from_stored_name(name: &str) -> Option<FieldType> {
+        Some(match name {
+            "float" => FieldType::F64,
+            "integer" => FieldType::I64,
+            "unsigned" => FieldType::U64,
+            "boolean" => FieldType::Bool,
+            "string" => FieldType::Str,
+            _ => return None,
+        })
+    }
+}
+
 impl fmt::Display for FieldType {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str(self.name())
