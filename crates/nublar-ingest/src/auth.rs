@@ -201,6 +201,20 @@ impl AccessConfig {
         )
     }
 
+    /// Whether `sender` with these headers may query `db`.
+    pub fn check_read(&self, sender: IpAddr, headers: &HeaderMap, db: &str) -> Result<(), Denied> {
+        self.check(
+            sender,
+            headers,
+            &format!("read {db:?}"),
+            |scope| match scope {
+                Scope::Read(scoped) => scoped == "*" || scoped == db,
+                Scope::Admin => true,
+                Scope::Write(_) => false,
+            },
+        )
+    }
+
     /// Whether `sender` with these headers may run operator commands.
     pub fn check_admin(&self, sender: IpAddr, headers: &HeaderMap) -> Result<(), Denied> {
         self.check(sender, headers, "run operator commands", |scope| {

@@ -74,6 +74,9 @@ struct Inner {
     partitions: u32,
     in_flight: Semaphore,
     draining: AtomicBool,
+    /// Set while a consumer downstream (the lake sink) is too far behind: writes are refused
+    /// with 503 and Retry-After, UDP datagrams dropped, with this reason.
+    held_back: std::sync::RwLock<Option<String>>,
     metrics: Metrics,
     schemas: schema::SchemaRegistry,
     dead_letter_buckets: dead_letters::SenderBuckets,
@@ -122,6 +125,7 @@ impl Gateway {
                 partitions,
                 in_flight: Semaphore::new(permits),
                 draining: AtomicBool::new(false),
+                held_back: std::sync::RwLock::new(None),
                 metrics: Metrics::default(),
                 schemas,
                 dead_letter_buckets: dead_letters::SenderBuckets::new(
@@ -144,6 +148,20 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Refuses writes with 503 and Retry-After, saying `reason`, until called with `None`:
+    /// backpressure from a consumer that has fallen too far behind, so that the log does not
+    /// grow without bound while it catches up.
+    pub fn hold_back(&self, reason: Option<String>) {
+        let mut held = self.inner.held_back.write().unwrap();
+        if held.is_some() != reason.is_some() {
+            match &reason {
+                Some(reason) => tracing::warn!("writes held back: {reason}"),
+                None => tracing::info!("writes taken again"),
+            }
+        }
+        *held = reason;
     }
 
     /// From now on `/ready` says no, so that a balancer stops sending; requests
@@ -467,6 +485,10 @@ async fn metrics_text(State(gateway): State<Gateway>) -> Response {
         .in_flight_bytes_max
         .saturating_sub(available);
     let mut text = gateway.inner.metrics.render(in_flight);
+    let held_back = u8::from(gateway.inner.held_back.read().unwrap().is_some());
+    text.push_str(&format!(
+        "# TYPE nublar_ingest_held_back gauge\nnublar_ingest_held_back {held_back}\n"
+    ));
     let sources = gateway.inner.extra_metrics.read().unwrap().clone();
     for source in sources {
         text.push_str(&source().await);

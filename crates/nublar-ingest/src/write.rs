@@ -201,11 +201,20 @@ pub(crate) async fn respond(
     response
 }
 
-/// Reserves `bytes` of the in-flight bound, or answers 503 with Retry-After.
+/// Reserves `bytes` of the in-flight bound, or answers 503 with Retry-After (also while
+/// writes are held back).
 pub(crate) fn reserve(
     inner: &Inner,
     bytes: usize,
 ) -> Result<tokio::sync::SemaphorePermit<'_>, WriteFailure> {
+    if let Some(reason) = inner.held_back.read().unwrap().as_deref() {
+        let mut failure = WriteFailure::plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("writes are held back: {reason}; retry later"),
+        );
+        failure.retry_after = true;
+        return Err(failure);
+    }
     let permits = bytes.div_ceil(PERMIT_BYTES).max(1) as u32;
     inner.in_flight.try_acquire_many(permits).map_err(|_| {
         let mut failure = WriteFailure::plain(

@@ -5,9 +5,13 @@
 //! - `buffer`: rows gathered column by column, with nublar's own columns.
 //! - `table`: one Delta table: create, schema, what it holds per log partition, commits.
 //! - [`sink`]: the consumer that ties them to the bus.
+//! - [`query`]: SQL over a database's tables, names as sent, bounded in time and size.
+//! - [`maintenance`]: compaction, checkpoints and vacuum.
 
 pub mod buffer;
+pub mod maintenance;
 pub mod names;
+pub mod query;
 pub mod sink;
 pub mod table;
 

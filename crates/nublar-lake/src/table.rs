@@ -199,11 +199,12 @@ impl Table {
             .iter()
             .map(|(app, offset)| Transaction::new(app.clone(), *offset))
             .collect();
-        // Checkpoints and log clean-up belong to the maintenance job: in a commit's path they
-        // would list the whole log now and then and make that commit slow.
+        // A checkpoint every `delta.checkpointInterval` (100) commits keeps opening the table
+        // (here, in queries, in every other reader) from replaying the whole log. Expired log
+        // clean-up lists all of `_delta_log`, so it belongs to the maintenance job instead.
         let properties = CommitProperties::default()
             .with_application_transactions(transactions)
-            .with_create_checkpoint(false)
+            .with_create_checkpoint(true)
             .with_cleanup_expired_logs(Some(false));
         // The properties are fixed when a writer is built, so each commit has its own; the
         // next one is in place whatever happens to this one.

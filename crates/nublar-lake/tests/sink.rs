@@ -2,148 +2,12 @@
 //! types and exact values, unsafe names, schema evolution, and exactly once across restarts
 //! and a crash between the table commits and the group's.
 
-use std::path::Path;
-use std::sync::Arc;
+mod lab;
+
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use deltalake::DeltaTable;
-use deltalake::arrow::array::{Array, StringArray};
-use deltalake::arrow::datatypes::DataType as ArrowType;
-use deltalake::datafusion::common::TableReference;
-use deltalake::datafusion::prelude::SessionContext;
-use nublar_bus::{BatchBuilder, Bus, Compression, EmbeddedBus, TopicConfig};
-use nublar_lake::{Sink, SinkConfig, names};
-use nublar_log::Log;
-use tokio::sync::watch;
-
-const TOPIC: &str = "telemetry";
-
-struct Lab {
-    _dir: tempfile::TempDir,
-    bus: Arc<dyn Bus>,
-    lake: std::path::PathBuf,
-    sequence: u64,
-}
-
-impl Lab {
-    async fn new(partitions: u32) -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path().join("log")).unwrap();
-        let bus = EmbeddedBus::new(log).into_shared();
-        bus.ensure_topic(TOPIC, TopicConfig::with_partitions(partitions))
-            .await
-            .unwrap();
-        let lake = dir.path().join("lake");
-        Lab {
-            _dir: dir,
-            bus,
-            lake,
-            sequence: 0,
-        }
-    }
-
-    /// Appends lines as the gateway does: one batch per request, keyed, with the database and
-    /// sender on the first record.
-    async fn send(&mut self, partition: u32, db: &str, lines: &[&str]) {
-        self.sequence += 1;
-        let mut builder = BatchBuilder::new(Compression::Lz4)
-            .batch_key(&format!("{db}/request-{}", self.sequence))
-            .unwrap();
-        for (index, line) in lines.iter().enumerate() {
-            let headers: &[(&str, &[u8])] = if index == 0 {
-                &[("db", db.as_bytes()), ("sender", b"2001:db8:7::42")]
-            } else {
-                &[]
-            };
-            builder.push(None, line.as_bytes(), headers);
-        }
-        self.bus
-            .append(TOPIC, partition, builder.finish().unwrap())
-            .await
-            .unwrap();
-    }
-
-    fn config(&self) -> SinkConfig {
-        SinkConfig {
-            commit_interval: Duration::from_millis(100),
-            retry_after: Duration::from_millis(50),
-            ..SinkConfig::new(self.lake.clone())
-        }
-    }
-
-    /// Runs a sink until it has written `rows` rows (and committed its group), then stops it.
-    async fn sink_until(&self, config: SinkConfig, rows: u64) -> Arc<nublar_lake::SinkCounters> {
-        let sink = Sink::new(self.bus.clone(), config);
-        let counters = sink.counters();
-        let (stop, stopped) = watch::channel(false);
-        let running = tokio::spawn(async move { sink.run(stopped).await });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while counters.rows_written.load(Ordering::Relaxed) < rows {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the sink wrote {} of {rows} rows",
-                counters.rows_written.load(Ordering::Relaxed)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        stop.send(true).unwrap();
-        running.await.unwrap().unwrap();
-        counters
-    }
-
-    fn table_dir(&self, db: &str, measurement: &str) -> std::path::PathBuf {
-        self.lake
-            .join(names::encode(db))
-            .join(names::encode(measurement))
-    }
-}
-
-/// Runs `sql` over the table in `dir` (registered as `t`) and returns every value as text.
-async fn query(dir: &Path, sql: &str) -> Vec<Vec<String>> {
-    let url = deltalake::ensure_table_uri(dir.to_string_lossy()).unwrap();
-    let table = DeltaTable::try_from_url(url).await.unwrap();
-    let context = SessionContext::new();
-    context
-        .register_table(
-            TableReference::bare("t"),
-            table.table_provider().await.unwrap(),
-        )
-        .unwrap();
-    let batches = context.sql(sql).await.unwrap().collect().await.unwrap();
-    let mut rows = Vec::new();
-    for batch in batches {
-        let columns: Vec<StringArray> = batch
-            .columns()
-            .iter()
-            .map(|column| {
-                let text = deltalake::arrow::compute::cast(column, &ArrowType::Utf8).unwrap();
-                text.as_any().downcast_ref::<StringArray>().unwrap().clone()
-            })
-            .collect();
-        for row in 0..batch.num_rows() {
-            rows.push(
-                columns
-                    .iter()
-                    .map(|column| {
-                        if column.is_null(row) {
-                            "NULL".to_owned()
-                        } else {
-                            column.value(row).to_owned()
-                        }
-                    })
-                    .collect(),
-            );
-        }
-    }
-    rows
-}
-
-fn texts(rows: &[&[&str]]) -> Vec<Vec<String>> {
-    rows.iter()
-        .map(|row| row.iter().map(|value| value.to_string()).collect())
-        .collect()
-}
+use lab::{Lab, TOPIC, query, texts};
+use nublar_lake::names;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_become_rows_with_their_types_and_exact_values() {
@@ -304,4 +168,46 @@ async fn files_a_crash_left_half_written_are_removed_when_the_table_opens() {
     assert!(!staged.exists());
     let rows = query(&dir, "SELECT count(*) FROM t").await;
     assert_eq!(rows, texts(&[&["2"]]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hundredth_commit_writes_a_checkpoint_that_keeps_the_positions() {
+    let mut lab = Lab::new(1).await;
+    let commits = 105;
+    for n in 0..commits {
+        let line = format!(
+            "gate,gate=g1 open=true {}",
+            1_700_000_000_000_000_000i64 + n
+        );
+        lab.send(0, "park", &[&line]).await;
+    }
+    // One row per commit: each read takes one batch, and one row fills the buffer.
+    let config = nublar_lake::SinkConfig {
+        rows_max: 1,
+        read_bytes: 1,
+        ..lab.config()
+    };
+    let counters = lab.sink_until(config, commits as u64).await;
+    assert_eq!(counters.commits.load(Ordering::Relaxed), commits as u64);
+    let log = lab.table_dir("park", "gate").join("_delta_log");
+    assert!(
+        log.join("00000000000000000099.checkpoint.parquet").exists(),
+        "no checkpoint at version 99 in {}",
+        log.display()
+    );
+    // What the table holds is read back through the checkpoint: nothing is written twice.
+    lab.bus.commit("lake", &[(TOPIC, 0, 0)]).await.unwrap();
+    lab.send(0, "park", &["gate,gate=g1 open=false 1700000001000000000"])
+        .await;
+    let counters = lab.sink_until(lab.config(), 1).await;
+    assert_eq!(
+        counters.rows_skipped.load(Ordering::Relaxed),
+        commits as u64
+    );
+    let rows = query(
+        &lab.table_dir("park", "gate"),
+        "SELECT count(*), count(DISTINCT _time_ns) FROM t",
+    )
+    .await;
+    assert_eq!(rows, texts(&[&["106", "106"]]));
 }

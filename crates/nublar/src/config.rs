@@ -30,6 +30,56 @@ pub struct NodeConfig {
     pub dead_letters: DeadLettersSection,
     pub schema: SchemaSection,
     pub lake: LakeSection,
+    pub query: QuerySection,
+}
+
+/// Bounds on SQL queries, over the node's API and from `nublar query`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySection {
+    pub time_limit_seconds: f64,
+    pub result_bytes_max: usize,
+    pub memory_bytes_max: usize,
+    pub concurrency_max: usize,
+}
+
+impl Default for QuerySection {
+    fn default() -> QuerySection {
+        let query = nublar_lake::query::QueryConfig::default();
+        QuerySection {
+            time_limit_seconds: query.time_limit.as_secs_f64(),
+            result_bytes_max: query.result_bytes_max,
+            memory_bytes_max: query.memory_bytes_max,
+            concurrency_max: 4,
+        }
+    }
+}
+
+impl QuerySection {
+    pub fn query_config(&self) -> anyhow::Result<nublar_lake::query::QueryConfig> {
+        anyhow::ensure!(
+            self.time_limit_seconds > 0.0 && self.time_limit_seconds.is_finite(),
+            "query.time_limit_seconds must be more than 0, not {}",
+            self.time_limit_seconds
+        );
+        anyhow::ensure!(
+            self.result_bytes_max > 0,
+            "query.result_bytes_max must be at least 1"
+        );
+        anyhow::ensure!(
+            self.memory_bytes_max > 0,
+            "query.memory_bytes_max must be at least 1"
+        );
+        anyhow::ensure!(
+            self.concurrency_max > 0,
+            "query.concurrency_max must be at least 1"
+        );
+        Ok(nublar_lake::query::QueryConfig {
+            time_limit: Duration::from_secs_f64(self.time_limit_seconds),
+            result_bytes_max: self.result_bytes_max,
+            memory_bytes_max: self.memory_bytes_max,
+        })
+    }
 }
 
 /// The lake sink: the telemetry topic into Delta tables under `<data>/lake`.
@@ -41,6 +91,19 @@ pub struct LakeSection {
     pub rows_max: usize,
     pub bytes_max: usize,
     pub zstd_level: i32,
+    pub maintenance_interval_seconds: u64,
+    pub optimize_target_bytes: u64,
+    pub vacuum_retention_hours: u64,
+    pub lag_events_max: u64,
+}
+
+/// What the node's background maintenance does, and how often.
+#[derive(Clone, Debug)]
+pub struct Maintenance {
+    pub interval: Duration,
+    pub optimize_target_bytes: u64,
+    pub zstd_level: i32,
+    pub vacuum_retention: Duration,
 }
 
 impl Default for LakeSection {
@@ -52,6 +115,10 @@ impl Default for LakeSection {
             rows_max: sink.rows_max,
             bytes_max: sink.bytes_max,
             zstd_level: sink.zstd_level,
+            maintenance_interval_seconds: 300,
+            optimize_target_bytes: 100 << 20,
+            vacuum_retention_hours: 168,
+            lag_events_max: 20_000_000,
         }
     }
 }
@@ -78,6 +145,30 @@ impl LakeSection {
             bytes_max: self.bytes_max,
             zstd_level: self.zstd_level,
             ..nublar_lake::SinkConfig::new(data.join("lake"))
+        }))
+    }
+
+    /// The background maintenance; `None` when the lake or its maintenance is off.
+    pub fn maintenance(&self) -> anyhow::Result<Option<Maintenance>> {
+        if !self.enabled || self.maintenance_interval_seconds == 0 {
+            return Ok(None);
+        }
+        let vacuum_retention =
+            Duration::from_secs(self.vacuum_retention_hours.saturating_mul(3600));
+        anyhow::ensure!(
+            vacuum_retention >= nublar_lake::maintenance::VACUUM_RETENTION_MIN,
+            "lake.vacuum_retention_hours must be at least {}",
+            nublar_lake::maintenance::VACUUM_RETENTION_MIN.as_secs() / 3600
+        );
+        anyhow::ensure!(
+            self.optimize_target_bytes > 0,
+            "lake.optimize_target_bytes must be at least 1"
+        );
+        Ok(Some(Maintenance {
+            interval: Duration::from_secs(self.maintenance_interval_seconds),
+            optimize_target_bytes: self.optimize_target_bytes,
+            zstd_level: self.zstd_level,
+            vacuum_retention,
         }))
     }
 }

@@ -195,6 +195,12 @@ impl LogCommand {
     }
 }
 
+/// Whether a running node owns `data` (it holds the log's lock and says where it listens).
+pub fn node_owns(data: &Path) -> bool {
+    matches!(open_read_only(&data.join("log")), Err(error) if is_locked(&error))
+        && data.join(NODE_FILE).exists()
+}
+
 fn is_locked(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         matches!(
@@ -220,7 +226,6 @@ pub fn post_to_node(
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
     let file = data.join(NODE_FILE);
     let text = std::fs::read_to_string(&file).with_context(|| {
         format!(
@@ -235,17 +240,32 @@ pub fn post_to_node(
         .as_str()
         .and_then(|text| text.parse().ok())
         .with_context(|| format!("{} names no HTTP address", file.display()))?;
+    let (status, text) = http_request(address, "POST", path, token, body).with_context(|| {
+        format!(
+            "a node owns {} but does not answer on {address}",
+            data.display()
+        )
+    })?;
+    if status != 200 {
+        anyhow::bail!("the node at {address} answered {status}: {}", text.trim());
+    }
+    Ok(text)
+}
+
+/// One HTTP/1.1 request to a node on a fresh connection: the status and the body.
+pub fn http_request(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
     let mut stream =
-        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))
-            .with_context(|| {
-                format!(
-                    "a node owns {} but does not answer on {address}",
-                    data.display()
-                )
-            })?;
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
     let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     if let Some(token) = token {
@@ -262,10 +282,7 @@ pub fn post_to_node(
         .nth(1)
         .and_then(|status| status.parse().ok())
         .unwrap_or(0);
-    if status != 200 {
-        anyhow::bail!("the node at {address} answered {status}: {}", text.trim());
-    }
-    Ok(text.to_owned())
+    Ok((status, text.to_owned()))
 }
 
 /// Where a node answers `nublar log` commands (admin scope).

@@ -6,8 +6,11 @@ mod bench_failover;
 mod bench_lake;
 mod bfd_command;
 mod config;
+mod demo;
 mod failover;
+mod lake_command;
 mod log_command;
+mod query_command;
 mod serve;
 mod sim;
 
@@ -24,7 +27,7 @@ use clap::{Parser, Subcommand};
     propagate_version = true
 )]
 struct Cli {
-    /// The node's data directory; the commit log lives in its `log` folder.
+    /// The node's data directory: the commit log lives in its `log` folder, the lake in `lake`.
     #[arg(
         long,
         global = true,
@@ -39,12 +42,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A node in a fresh directory, the park simulator sending to it, then answers in SQL to
+    /// questions a park's operator asks, and the commands to ask more.
+    Demo(demo::DemoArgs),
     /// Run a node: the commit log and the ingest gateway (HTTP and UDP).
     Serve(serve::ServeArgs),
     /// Simulate a park: write its events to a file or send them to nodes.
     Sim(sim::SimArgs),
     /// Look inside the commit log of a data directory (asking its node when one owns it).
     Log(log_command::LogArgs),
+    /// Ask the lake a question in SQL: every table of a database, named as sent.
+    Query(query_command::QueryArgs),
+    /// The lake's tables, and their maintenance (asking the node when one owns the directory).
+    Lake(lake_command::LakeArgs),
     /// BFD sessions of the node running on the data directory (`nublar bfd status`).
     Bfd(bfd_command::BfdArgs),
     /// Benchmark programs; each prints its figures and the machine they ran on.
@@ -68,9 +78,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Serve(args) => serve::run(&cli.data, args),
         Command::Sim(args) => sim::run(args),
         Command::Log(command) => log_command::run(&cli.data, command),
+        Command::Query(args) => query_command::run(&cli.data, args),
+        Command::Lake(args) => lake_command::run(&cli.data, args),
         Command::Bfd(args) => bfd_command::run(&cli.data, args),
         Command::Bench(command) => bench::run(command),
     };

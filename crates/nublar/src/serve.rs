@@ -124,6 +124,24 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding UDP to {udp_address}"))?;
     let bfd = start_bfd(&node).await?.map(Arc::new);
+    let query_config = node.query.query_config()?;
+    let maintenance = node.lake.maintenance()?;
+    // Queries and table maintenance scan and rewrite files for seconds at a time; on a runtime
+    // of their own they never hold a thread that ingest's acknowledgements wait for.
+    let lake_work = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("nublar-lake-work")
+        .enable_all()
+        .build()
+        .context("starting the query runtime")?;
+    let (stop_maintenance, maintenance_stopped) = tokio::sync::watch::channel(false);
+    if let Some(maintenance) = maintenance {
+        lake_work.spawn(crate::lake_command::maintain(
+            data.join("lake"),
+            maintenance,
+            maintenance_stopped,
+        ));
+    }
     let node_file = data.join(crate::log_command::NODE_FILE);
     let reachable = reachable_address(http.local_addr()?);
     let announcement =
@@ -168,7 +186,23 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let (stop_udp, udp_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = {
         let gateway = gateway.clone();
-        let operator = operator_routes(gateway.clone(), log.clone(), bfd.clone());
+        let operator = operator_routes(gateway.clone(), log.clone(), bfd.clone())
+            .merge(crate::query_command::routes(
+                crate::query_command::QueryService {
+                    gateway: gateway.clone(),
+                    lake_dir: data.join("lake"),
+                    config: query_config,
+                    permits: Arc::new(tokio::sync::Semaphore::new(node.query.concurrency_max)),
+                    runtime: lake_work.handle().clone(),
+                },
+            ))
+            .merge(crate::lake_command::routes(
+                crate::lake_command::LakeOperator {
+                    gateway: gateway.clone(),
+                    lake: data.join("lake"),
+                    runtime: lake_work.handle().clone(),
+                },
+            ));
         tokio::spawn(async move {
             gateway
                 .serve_http_with(
@@ -212,6 +246,9 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
             drain_seconds
         );
     }
+    let _ = stop_maintenance.send(true);
+    // A compaction cut short leaves only files no version refers to, which vacuum removes.
+    lake_work.shutdown_background();
     if let Some((stop_lake, lake_task)) = lake {
         // Everything acknowledged is in the log; what the sink still buffers is committed now,
         // and what it had not read yet it reads at the next start.
@@ -250,15 +287,77 @@ fn start_lake(
     let Some(config) = node.lake.sink(data)? else {
         return Ok(None);
     };
+    let lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let guard = tokio::spawn(guard_lake_lag(
+        bus.clone(),
+        gateway.clone(),
+        config.clone(),
+        node.lake.lag_events_max,
+        lag.clone(),
+    ));
     let sink = nublar_lake::Sink::new(bus, config);
     let counters = sink.counters();
     gateway.add_metrics(Arc::new(move || {
-        let text = lake_prometheus(&counters);
+        let mut text = lake_prometheus(&counters);
+        text.push_str(&format!(
+            "# TYPE nublar_lake_lag_events gauge\nnublar_lake_lag_events {}\n",
+            lag.load(std::sync::atomic::Ordering::Relaxed)
+        ));
         Box::pin(async move { text })
     }));
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move { sink.run(stopped).await });
+    let task = tokio::spawn(async move {
+        let result = sink.run(stopped).await;
+        guard.abort();
+        result
+    });
     Ok(Some((stop, task)))
+}
+
+/// How often the node compares the log's end with what the lake has committed.
+const LAKE_LAG_CHECK: Duration = Duration::from_millis(200);
+
+/// Holds the gateway's writes back while the lake sink is more than `max` events behind the
+/// log (0: never), and takes them again below 90% of it, so that a lake that cannot keep up
+/// (or cannot write at all) turns into 503s instead of a log filling the disk.
+async fn guard_lake_lag(
+    bus: Arc<dyn Bus>,
+    gateway: Gateway,
+    config: nublar_lake::SinkConfig,
+    max: u64,
+    lag: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut held = false;
+    loop {
+        tokio::time::sleep(LAKE_LAG_CHECK).await;
+        let Ok(partitions) = bus.partitions(&config.topic).await else {
+            continue;
+        };
+        let mut behind = 0u64;
+        for partition in 0..partitions {
+            let (Ok(offsets), Ok(committed)) = (
+                bus.offsets(&config.topic, partition).await,
+                bus.committed(&config.group, &config.topic, partition).await,
+            ) else {
+                continue;
+            };
+            let from = committed.unwrap_or(offsets.start).max(offsets.start);
+            behind += offsets.end.saturating_sub(from).max(0) as u64;
+        }
+        lag.store(behind, std::sync::atomic::Ordering::Relaxed);
+        if max == 0 {
+            continue;
+        }
+        if !held && behind > max {
+            held = true;
+            gateway.hold_back(Some(format!(
+                "the lake is {behind} events behind the log (lake.lag_events_max = {max})"
+            )));
+        } else if held && behind <= max / 10 * 9 {
+            held = false;
+            gateway.hold_back(None);
+        }
+    }
 }
 
 fn lake_prometheus(counters: &nublar_lake::SinkCounters) -> String {
@@ -440,13 +539,13 @@ fn operator_routes(gateway: Gateway, log: Log, bfd: Option<Arc<Speaker>>) -> axu
 }
 
 /// Refuses a sender without the admin scope, as every operator route does.
-fn check_admin(
-    operator: &Operator,
+pub fn check_admin(
+    gateway: &Gateway,
     peer: SocketAddr,
     headers: &axum::http::HeaderMap,
 ) -> Result<(), (axum::http::StatusCode, String)> {
     use axum::http::StatusCode;
-    let access = operator.gateway.access();
+    let access = gateway.access();
     let sender = access.client_address(peer.ip(), headers);
     access
         .check_admin(sender, headers)
@@ -463,7 +562,7 @@ async fn bfd_status(
 ) -> axum::response::Response {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    if let Err(refused) = check_admin(&operator, peer, &headers) {
+    if let Err(refused) = check_admin(&operator.gateway, peer, &headers) {
         return refused.into_response();
     }
     let Some(speaker) = &operator.bfd else {
@@ -487,22 +586,15 @@ async fn operator_command(
 ) -> axum::response::Response {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    use clap::Parser;
-    if let Err(refused) = check_admin(&operator, peer, &headers) {
-        return refused.into_response();
-    }
-    let Ok(args) = serde_json::from_slice::<Vec<String>>(&body) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "expected a JSON array of arguments",
-        )
-            .into_response();
-    };
-    let command = match crate::log_command::RemoteLogCommand::try_parse_from(
-        std::iter::once("log".to_string()).chain(args),
+    let command = match operator_arguments::<crate::log_command::RemoteLogCommand>(
+        &operator.gateway,
+        peer,
+        &headers,
+        &body,
+        "log",
     ) {
         Ok(parsed) => parsed.command,
-        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+        Err(refused) => return refused.into_response(),
     };
     let log = operator.log.clone();
     match tokio::task::spawn_blocking(move || crate::log_command::render(&log, &command)).await {
@@ -510,4 +602,25 @@ async fn operator_command(
         Ok(Err(error)) => (StatusCode::BAD_REQUEST, format!("{error:#}")).into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
+}
+
+/// What an operator route was asked: the admin scope checked, then the body (a JSON array of
+/// arguments) parsed as the subcommand `name` would parse them on the command line.
+pub fn operator_arguments<P: clap::Parser>(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+    name: &str,
+) -> Result<P, (axum::http::StatusCode, String)> {
+    use axum::http::StatusCode;
+    check_admin(gateway, peer, headers)?;
+    let args = serde_json::from_slice::<Vec<String>>(body).map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            "expected a JSON array of arguments".to_owned(),
+        )
+    })?;
+    P::try_parse_from(std::iter::once(name.to_string()).chain(args))
+        .map_err(|error| (StatusCode::BAD_REQUEST, error.to_string()))
 }

@@ -337,3 +337,69 @@ fn the_lake_benchmark_measures_the_sink_beside_duckdb_and_cleans_up() {
     }
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn the_demo_runs_a_node_and_the_simulator_then_answers_from_the_lake() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("demo");
+    let output = nublar(&[
+        "demo",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--duration",
+        "3",
+        "--rate",
+        "2000",
+        "--sensors",
+        "300",
+    ]);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    // The last progress line: everything acknowledged is in the lake.
+    let done = text
+        .split(['\r', '\n'])
+        .find_map(|line| line.trim().split_once("done: "))
+        .map(|(_, rest)| rest.to_owned())
+        .unwrap_or_else(|| panic!("no summary line: {text}"));
+    let numbers: Vec<u64> = done
+        .split(' ')
+        .filter_map(|word| word.replace(',', "").parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 3, "{done}");
+    assert!(numbers[0] > 0 && numbers[0] == numbers[1], "{done}");
+    // Events per measurement add up to what was acknowledged.
+    let per_measurement: u64 = text
+        .lines()
+        .filter(|line| {
+            ["collar", "weather", "fence", "gate"]
+                .iter()
+                .any(|name| line.starts_with(&format!("| {name} ")))
+        })
+        .map(|line| {
+            line.split('|')
+                .nth(2)
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(per_measurement, numbers[0], "{text}");
+    for question in [
+        "Which habitats are warmest?",
+        "Which fence segments lost voltage?",
+        "Which animals are nearest a fence",
+        "Which lines were rejected, and why?",
+    ] {
+        assert!(text.contains(question), "{question} missing: {text}");
+    }
+    assert!(
+        text.contains(&format!("query --data {}", dir.display())),
+        "{text}"
+    );
+    // The node stopped and left its directory behind for those commands.
+    assert!(dir.join("lake/park/weather/_delta_log").is_dir());
+    assert!(!dir.join("node.json").exists());
+    let again = nublar(&["demo", "--dir", dir.to_str().unwrap()]);
+    assert!(!again.status.success(), "a used directory is refused");
+}

@@ -30,20 +30,32 @@ fn python_has_deltalake() -> Result<(), String> {
     }
 }
 
-fn start(data: &Path) -> NodeProcess {
-    let config = data.join("node.toml");
-    std::fs::write(&config, "[lake]\ncommit_interval_ms = 200\n").unwrap();
+/// `nublar serve` on `data` with `config` as its TOML file, HTTP on `http`; its stderr is
+/// appended to `stderr.txt` there, so that restarts keep what earlier runs said.
+fn start_node(data: &Path, config: &str, http: &str) -> NodeProcess {
+    let file = data.join("node.toml");
+    std::fs::write(&file, config).unwrap();
     let stderr = data.join("stderr.txt");
     let mut command = Command::new(env!("CARGO_BIN_EXE_nublar"));
     command
         .args(["serve", "--data", data.to_str().unwrap()])
-        .args(["--config", config.to_str().unwrap()])
-        .args(["--http", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
+        .args(["--config", file.to_str().unwrap()])
+        .args(["--http", http, "--udp", "127.0.0.1:0"])
         .args(["--partitions", "2", "--drain-seconds", "20"])
-        .stderr(std::fs::File::create(&stderr).unwrap());
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&stderr)
+                .unwrap(),
+        );
     NodeProcess::spawn(command, move || {
         std::fs::read_to_string(&stderr).unwrap_or_default()
     })
+}
+
+fn start(data: &Path) -> NodeProcess {
+    start_node(data, "[lake]\ncommit_interval_ms = 200\n", "127.0.0.1:0")
 }
 
 /// Every table under `lake/park` as the `deltalake` package reads it: name, rows, distinct
@@ -112,8 +124,10 @@ fn the_deltalake_python_package_reads_every_acknowledged_event_once() {
         .unwrap();
     assert!(
         read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
+        "python3 {}: {} {}",
+        read.status,
+        String::from_utf8_lossy(&read.stderr),
+        String::from_utf8_lossy(&read.stdout)
     );
     let tables: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
     let names: Vec<&str> = tables
@@ -156,4 +170,335 @@ fn the_deltalake_python_package_reads_every_acknowledged_event_once() {
             "{column} missing from weather: {weather}"
         );
     }
+}
+
+/// `text` as a URL query value.
+fn url_encoded(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[test]
+fn queries_answer_over_the_api_and_the_command_line_and_lake_commands_ask_the_node() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let mut node = start_node(
+        data.path(),
+        "[[access.tokens]]\nname = \"ops\"\nsecret = \"adm1n\"\nscopes = [\"admin\"]\n\n\
+         [[access.tokens]]\nname = \"analyst\"\nsecret = \"r3ad\"\nscopes = [\"read:park\"]\n\n\
+         [[access.tokens]]\nname = \"collars\"\nsecret = \"wr1te\"\nscopes = [\"write:park\"]\n",
+        "127.0.0.1:0",
+    );
+    let write = [("Authorization", "Token wr1te")];
+    let read = [("Authorization", "Token r3ad")];
+    let lines = "weather,station=s1 temp_c=21.5 1700000000000000000\n\
+                 weather,station=s2 temp_c=30.25 1700000001000000000\n\
+                 Zone\\ Map,Paddock\\ Name=north Temp\\ C=4i 1700000000000000000\n";
+    let (status, _) = common::request(
+        node.http,
+        "POST",
+        "/api/v3/write_lp?db=park",
+        &write,
+        lines.as_bytes(),
+    );
+    assert_eq!(status, 204);
+    let get = |sql: &str, format: &str, headers: &[(&str, &str)]| {
+        let target = format!(
+            "/api/v3/query_sql?db=park&format={format}&q={}",
+            url_encoded(sql)
+        );
+        let (status, body) = common::request(node.http, "GET", &target, headers, b"");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    // Visible once the sink has committed (every second by default).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get("SELECT count(*) AS n FROM weather", "json", &read);
+        if status == 200 && body.trim() == r#"[{"n":2}]"# {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the events did not become visible: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let sql = "SELECT station, temp_c FROM weather ORDER BY station";
+    let (status, json) = get(sql, "json", &read);
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).unwrap(),
+        serde_json::json!([{"station": "s1", "temp_c": 21.5}, {"station": "s2", "temp_c": 30.25}])
+    );
+    assert_eq!(
+        get(sql, "jsonl", &read).1,
+        "{\"station\":\"s1\",\"temp_c\":21.5}\n{\"station\":\"s2\",\"temp_c\":30.25}\n"
+    );
+    let body = serde_json::json!({"db": "park", "q": "SELECT \"Paddock Name\", \"Temp C\" FROM \"Zone Map\"", "format": "csv"});
+    let (status, csv) = common::request(
+        node.http,
+        "POST",
+        "/api/v3/query_sql",
+        &read,
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(
+        (status, String::from_utf8_lossy(&csv).as_ref()),
+        (200, "Paddock Name,Temp C\nnorth,4\n")
+    );
+    let target = format!(
+        "/api/v3/query_sql?db=park&format=parquet&q={}",
+        url_encoded(sql)
+    );
+    let (status, parquet) = common::request(node.http, "GET", &target, &read, b"");
+    assert_eq!(status, 200);
+    assert!(parquet.starts_with(b"PAR1") && parquet.ends_with(b"PAR1"));
+
+    // Refusals, each with a reason.
+    assert_eq!(get(sql, "json", &[]).0, 401);
+    assert_eq!(get(sql, "json", &write).0, 403);
+    let (status, body) = get("SELEKT station FROM weather", "json", &read);
+    assert_eq!(status, 400);
+    assert!(body.contains("SELEKT"), "{body}");
+    let (status, body) = get("CREATE TABLE t AS SELECT 1", "json", &read);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(get(sql, "xml", &read).0, 400);
+    let (status, _) = common::request(node.http, "GET", "/api/v3/query_sql?db=park", &read, b"");
+    assert_eq!(status, 400);
+
+    // The command line reads the same tables, beside the running node.
+    let nublar = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_nublar"))
+            .args(["--data", dir])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let output = nublar(&["query", "--format", "jsonl", sql]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        get(sql, "jsonl", &read).1
+    );
+    let table = nublar(&["query", "SELECT max(temp_c) AS warmest FROM weather"]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("| warmest |") && text.contains("| 30.25   |"),
+        "{text}"
+    );
+    let bad = nublar(&["query", "SELECT nothing FROM weather"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nothing"));
+
+    // Maintenance goes through the node that owns the directory, with an admin token.
+    let refused = nublar(&["lake", "optimize"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    let optimized = nublar(&["lake", "optimize", "--token", "adm1n", "--db", "park"]);
+    assert!(
+        optimized.status.success(),
+        "{}",
+        String::from_utf8_lossy(&optimized.stderr)
+    );
+    let text = String::from_utf8(optimized.stdout).unwrap();
+    assert!(text.contains("park/weather: "), "{text}");
+    let tables = nublar(&["lake", "tables", "--json"]);
+    let tables: Vec<serde_json::Value> = String::from_utf8(tables.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let rows: Vec<(&str, u64)> = tables
+        .iter()
+        .map(|table| {
+            (
+                table["measurement"].as_str().unwrap(),
+                table["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [("Zone Map", 1), ("weather", 2)]);
+
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    // Without a node, the commands run here.
+    let checkpoint = nublar(&["lake", "checkpoint", "--db", "park", "--table", "weather"]);
+    assert!(
+        checkpoint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checkpoint.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&checkpoint.stdout).contains("park/weather: checkpoint at version")
+    );
+    let vacuum = nublar(&["lake", "vacuum", "--retention-hours", "0"]);
+    assert!(!vacuum.status.success());
+    assert!(String::from_utf8_lossy(&vacuum.stderr).contains("too short"));
+}
+
+#[test]
+fn a_lake_that_cannot_keep_up_holds_writes_back_until_it_catches_up() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    // A file where the lake's directory belongs: the sink cannot write a table.
+    let lake = data.path().join("lake");
+    std::fs::write(&lake, b"in the way").unwrap();
+    let mut node = start_node(data.path(), "[lake]\nlag_events_max = 100\n", "127.0.0.1:0");
+    let write = |lines: &str| {
+        let (status, body) = common::request(
+            node.http,
+            "POST",
+            "/api/v3/write_lp?db=park",
+            &[],
+            lines.as_bytes(),
+        );
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    let batch: String = (0..150)
+        .map(|n| {
+            format!(
+                "gate,gate=g1 open=true,n={n}i {}\n",
+                1_700_000_000_000_000_000i64 + n
+            )
+        })
+        .collect();
+    assert_eq!(write(&batch).0, 204);
+    let one = |n: i64| {
+        format!(
+            "gate,gate=g1 open=true,n={n}i {}\n",
+            1_700_000_000_000_000_000i64 + n
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refusal = loop {
+        let (status, body) = write(&one(1000));
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(status, 204, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes were never held back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(refusal.contains("the lake is"), "{refusal}");
+    let (_, metrics) = common::request(node.http, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("nublar_ingest_held_back 1"), "{metrics}");
+
+    // The way cleared, the sink catches up and writes are taken again.
+    std::fs::remove_file(&lake).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while write(&one(2000)).0 != 204 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes stayed held back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    let output = Command::new(env!("CARGO_BIN_EXE_nublar"))
+        .args(["query", "--data", dir, "--format", "csv"])
+        .arg("SELECT count(*) AS n, count(DISTINCT n) AS distinct_n FROM gate WHERE n < 1000")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "n,distinct_n\n150,150\n",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A port nothing listens on now, for a node that must come back at the same address.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn the_lake_holds_every_event_once_across_sigkills_during_ingest() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let start = || start_node(data.path(), "[lake]\ncommit_interval_ms = 100\n", &http);
+    let mut node = start();
+    let events = 40_000u64;
+    let sim = Command::new(env!("CARGO_BIN_EXE_nublar"))
+        .arg("sim")
+        .args(["--target", &format!("http://{http}")])
+        .args(["--rate", "5000", "--events", &events.to_string()])
+        .args([
+            "--batch",
+            "250",
+            "--concurrency",
+            "2",
+            "--http-timeout",
+            "3",
+        ])
+        .args(["--unique-field", "uid"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kills at moments drawn from the clock; printed, so that a failure can be told apart.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    println!("kill schedule seed {seed}");
+    let mut state = seed | 1;
+    for kill in 0..5 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let wait = Duration::from_millis(300 + state % 1200);
+        std::thread::sleep(wait);
+        println!("kill {kill} after {wait:?}");
+        node.signal(libc::SIGKILL);
+        node.wait_exit(Duration::from_secs(10));
+        node = start();
+    }
+    let output = sim.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{summary}");
+    assert!(
+        summary.contains(&format!("{events} events sent, {events} acknowledged")),
+        "{summary}"
+    );
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    let sql = "SELECT count(*) AS n, count(DISTINCT uid) AS distinct_uid, sum(uid) AS sum_uid FROM \
+               (SELECT uid FROM collar UNION ALL SELECT uid FROM weather \
+                UNION ALL SELECT uid FROM fence UNION ALL SELECT uid FROM gate)";
+    let counted = Command::new(env!("CARGO_BIN_EXE_nublar"))
+        .args(["query", "--data", dir, "--format", "csv", sql])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&counted.stdout),
+        format!(
+            "n,distinct_uid,sum_uid\n{events},{events},{}\n",
+            events * (events - 1) / 2
+        ),
+        "{}",
+        String::from_utf8_lossy(&counted.stderr)
+    );
 }

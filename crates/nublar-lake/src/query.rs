@@ -1,0 +1,289 @@
+//! SQL over one database's tables, with DataFusion.
+//!
+//! Every table of the database is opened at its latest version when the query starts, so a
+//! query sees everything the sink has committed by then. Each table is registered under its
+//! measurement's name as sent, as a view that gives every column its name as sent too: the
+//! stored names ([`crate::names`]) never show. Filters on `_day` or `time` still reach the Delta
+//! scan through the view, so partitions and files are pruned.
+//!
+//! A query may only read: DDL, DML and statements such as `SET` are refused, because the same
+//! engine answers the node's HTTP API and must not create tables over the server's files or
+//! write them. Its run time, the memory of its operators and the size of its result are bounded.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deltalake::DeltaTable;
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::datafusion::common::TableReference;
+use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use deltalake::datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, ident};
+use deltalake::parquet::arrow::ArrowWriter;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use futures::StreamExt;
+
+use crate::names;
+
+/// Bounds on one query; see the example configuration's `[query]` for defaults.
+#[derive(Clone, Debug)]
+pub struct QueryConfig {
+    /// A query still running after this is cancelled.
+    pub time_limit: Duration,
+    /// The largest result, in Arrow memory, a query may return.
+    pub result_bytes_max: usize,
+    /// Memory the engine's operators (sorts, joins, aggregates) may hold at once.
+    pub memory_bytes_max: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> QueryConfig {
+        QueryConfig {
+            time_limit: Duration::from_secs(30),
+            result_bytes_max: 256 << 20,
+            memory_bytes_max: 1 << 30,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The engine refused or failed the query; the message is the engine's.
+    #[error("{0}")]
+    Sql(String),
+    #[error("the query ran past its time limit of {} s and was cancelled", .0.as_secs_f64())]
+    TimedOut(Duration),
+    #[error(
+        "the result is larger than {0} bytes; ask for fewer rows (LIMIT, WHERE) or fewer columns"
+    )]
+    TooLarge(usize),
+    /// A table could not be opened.
+    #[error("{0}")]
+    Lake(String),
+}
+
+/// The rows a query returned, with their schema (also when there are none).
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryResult {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// How a result is written out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A text table for people.
+    Table,
+    Csv,
+    /// One JSON array of objects, one per row.
+    Json,
+    /// One JSON object per line.
+    Jsonl,
+    /// A Parquet file (zstd).
+    Parquet,
+}
+
+impl FromStr for Format {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Format, String> {
+        match text {
+            "table" | "pretty" => Ok(Format::Table),
+            "csv" => Ok(Format::Csv),
+            "json" => Ok(Format::Json),
+            "jsonl" | "ndjson" => Ok(Format::Jsonl),
+            "parquet" => Ok(Format::Parquet),
+            other => Err(format!(
+                "unknown format {other:?}: use table, csv, json, jsonl or parquet"
+            )),
+        }
+    }
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Table => "text/plain; charset=utf-8",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Json => "application/json",
+            Format::Jsonl => "application/jsonl",
+            Format::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+}
+
+/// Runs `sql` over the tables of `db` in `lake_dir`.
+pub async fn query(
+    lake_dir: &Path,
+    db: &str,
+    sql: &str,
+    config: &QueryConfig,
+) -> Result<QueryResult, QueryError> {
+    let limit = config.time_limit;
+    // Opening the tables counts against the time limit too: it reads their logs.
+    match tokio::time::timeout(limit, run(lake_dir, db, sql, config)).await {
+        Ok(result) => result,
+        Err(_) => Err(QueryError::TimedOut(limit)),
+    }
+}
+
+async fn run(
+    lake_dir: &Path,
+    db: &str,
+    sql: &str,
+    config: &QueryConfig,
+) -> Result<QueryResult, QueryError> {
+    let context = context(config)?;
+    let tables = crate::maintenance::table_dirs(lake_dir, Some(db))
+        .map_err(|error| QueryError::Lake(error.to_string()))?;
+    for (_, name, dir) in tables {
+        register(&context, &name, &dir).await?;
+    }
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let sql_error =
+        |error: deltalake::datafusion::error::DataFusionError| QueryError::Sql(error.to_string());
+    let frame = context
+        .sql_with_options(sql, options)
+        .await
+        .map_err(sql_error)?;
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let mut stream = frame.execute_stream().await.map_err(sql_error)?;
+    let mut batches = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(sql_error)?;
+        bytes += batch.get_array_memory_size();
+        if bytes > config.result_bytes_max {
+            return Err(QueryError::TooLarge(config.result_bytes_max));
+        }
+        batches.push(batch);
+    }
+    // Writers check each batch against the schema they were given; the batches' own schema is
+    // the one they match (the plan's may differ in nullability or metadata).
+    let schema = batches.first().map_or(schema, RecordBatch::schema);
+    Ok(QueryResult { schema, batches })
+}
+
+fn context(config: &QueryConfig) -> Result<SessionContext, QueryError> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(config.memory_bytes_max, 1.0)
+        .build_arc()
+        .map_err(|error| QueryError::Sql(error.to_string()))?;
+    // Names as sent keep their case, so identifiers are compared as written once quoted;
+    // unquoted ones are folded to lower case as in PostgreSQL.
+    let session = SessionConfig::new().with_information_schema(true);
+    Ok(SessionContext::new_with_config_rt(session, runtime))
+}
+
+/// Registers the table in `dir` as `name`, with every column under its name as sent.
+async fn register(context: &SessionContext, name: &str, dir: &Path) -> Result<(), QueryError> {
+    let lake = |error: deltalake::DeltaTableError| {
+        QueryError::Lake(format!("table {}: {error}", dir.display()))
+    };
+    let url = deltalake::ensure_table_uri(dir.to_string_lossy()).map_err(lake)?;
+    let table = DeltaTable::try_from_url(url).await.map_err(lake)?;
+    if table.version().is_none() {
+        return Ok(());
+    }
+    let engine = |error: deltalake::datafusion::error::DataFusionError| {
+        QueryError::Lake(format!("table {}: {error}", dir.display()))
+    };
+    let provider = table.table_provider().await.map_err(engine)?;
+    let frame = context.read_table(provider).map_err(engine)?;
+    let columns: Vec<_> = frame
+        .schema()
+        .fields()
+        .iter()
+        .map(|field| {
+            let stored = field.name();
+            match names::decode(stored) {
+                Some(sent) if sent != *stored => ident(stored).alias(sent),
+                _ => ident(stored),
+            }
+        })
+        .collect();
+    let view = frame.select(columns).map_err(engine)?.into_view();
+    context
+        .register_table(TableReference::bare(name), view)
+        .map_err(engine)?;
+    Ok(())
+}
+
+/// Writes `result` in `format`.
+pub fn render(result: &QueryResult, format: Format) -> Result<Vec<u8>, QueryError> {
+    let arrow = |error: deltalake::arrow::error::ArrowError| QueryError::Sql(error.to_string());
+    let batches: Vec<&RecordBatch> = result.batches.iter().collect();
+    let mut out = Vec::new();
+    match format {
+        Format::Table => {
+            let table = deltalake::arrow::util::pretty::pretty_format_batches_with_schema(
+                result.schema.clone(),
+                &result.batches,
+            )
+            .map_err(arrow)?;
+            out = format!("{table}\n").into_bytes();
+        }
+        Format::Csv => {
+            let mut writer = deltalake::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            for batch in batches {
+                writer.write(batch).map_err(arrow)?;
+            }
+            drop(writer);
+            if result.batches.is_empty() {
+                // The CSV writer writes its header with the first batch; an empty result
+                // still names its columns.
+                let names: Vec<&str> = result
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|field| field.name().as_str())
+                    .collect();
+                out = format!("{}\n", names.join(",")).into_bytes();
+            }
+        }
+        Format::Json => {
+            let mut writer = deltalake::arrow::json::ArrayWriter::new(&mut out);
+            writer.write_batches(&batches).map_err(arrow)?;
+            writer.finish().map_err(arrow)?;
+            drop(writer);
+            out.push(b'\n');
+        }
+        Format::Jsonl => {
+            let mut writer = deltalake::arrow::json::LineDelimitedWriter::new(&mut out);
+            writer.write_batches(&batches).map_err(arrow)?;
+            writer.finish().map_err(arrow)?;
+        }
+        Format::Parquet => {
+            let level =
+                ZstdLevel::try_new(3).map_err(|error| QueryError::Sql(error.to_string()))?;
+            let properties = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(level))
+                .build();
+            let mut writer =
+                ArrowWriter::try_new(&mut out, result.schema.clone(), Some(properties))
+                    .map_err(|error| QueryError::Sql(error.to_string()))?;
+            for batch in batches {
+                writer
+                    .write(batch)
+                    .map_err(|error| QueryError::Sql(error.to_string()))?;
+            }
+            writer
+                .close()
+                .map_err(|error| QueryError::Sql(error.to_string()))?;
+        }
+    }
+    Ok(out)
+}
