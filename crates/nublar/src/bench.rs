@@ -33,6 +33,10 @@ pub enum BenchCommand {
     /// The lake sink from the log into committed Delta on one core, beside DuckDB converting
     /// the same rows from CSV to Parquet.
     Lake(crate::bench_lake::LakeBenchArgs),
+    /// How long after its acknowledgement an event is visible to a query, under load.
+    Freshness(crate::bench_freshness::FreshnessArgs),
+    /// SQL over a large weather table in a running node, beside DuckDB over the same files.
+    Query(crate::bench_query::QueryBenchArgs),
 }
 
 #[derive(Args)]
@@ -93,6 +97,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::BfdSessions(args) => crate::bench_bfd::run(args),
         BenchCommand::Failover(args) => crate::bench_failover::run(args),
         BenchCommand::Lake(args) => crate::bench_lake::run(args),
+        BenchCommand::Freshness(args) => crate::bench_freshness::run(args),
+        BenchCommand::Query(args) => crate::bench_query::run(args),
         BenchCommand::Parse(args) => {
             println!("{}", machine_line());
             let report = nublar_model::bench::parse_throughput(args.lines, args.seconds);

@@ -13,11 +13,13 @@
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
+
+use crate::node_child::{ChildGuard, quantile};
 
 #[derive(Args)]
 pub struct FailoverArgs {
@@ -188,7 +190,7 @@ fn measure(args: &FailoverArgs, root: &Path, bfd: bool) -> anyhow::Result<RunRes
             .args(["--bfd-interval-ms", &args.interval_ms.to_string()])
             .args(["--bfd-multiplier", &args.multiplier.to_string()]);
     }
-    let mut sim = Guard(sim.spawn().context("starting the simulator")?);
+    let mut sim = ChildGuard(sim.spawn().context("starting the simulator")?);
     let started = Instant::now();
     std::thread::sleep(WARM_UP);
     for freeze in 0..args.freezes {
@@ -240,24 +242,8 @@ fn measure(args: &FailoverArgs, root: &Path, bfd: bool) -> anyhow::Result<RunRes
     })
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let rank = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1);
-    sorted.get(rank).copied().unwrap_or(0.0)
-}
-
-/// A child process killed (and reaped) when dropped, whatever ended the benchmark.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // SIGKILL ends a stopped process too. Errors mean it has ended already.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Gateway {
-    process: Guard,
+    process: ChildGuard,
     http: String,
 }
 
@@ -292,7 +278,7 @@ impl Gateway {
             .spawn()
             .context("starting a gateway")?;
         let stdout = child.stdout.take().expect("stdout was piped");
-        let process = Guard(child);
+        let process = ChildGuard(child);
         let mut first = String::new();
         BufReader::new(stdout).read_line(&mut first)?;
         let Some(rest) = first.strip_prefix("nublar listening http=") else {

@@ -51,7 +51,7 @@ const HABITATS: [&str; 8] = [
 ];
 
 /// The `i`-th row, deterministic: a station of a habitat reporting every second.
-fn weather_row(i: u64) -> (i64, &'static str, u64, f64, i64, f64) {
+pub(crate) fn weather_row(i: u64) -> (i64, &'static str, u64, f64, i64, f64) {
     let station = i % 64;
     let habitat = HABITATS[(station % 8) as usize];
     let time_ns = 1_767_225_600_000_000_000 + (i as i64) * 15_625_000;
@@ -217,21 +217,28 @@ fn duckdb(root: &std::path::Path, rows: u64) -> anyhow::Result<f64> {
         csv.display(),
         parquet.display()
     );
-    let output = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .context("running python3")?;
-    if !output.status.success() {
-        bail!(
-            "python3 with duckdb failed (python3 -m pip install duckdb): {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let seconds: f64 = String::from_utf8_lossy(&output.stdout)
+    let output = python(&script, "duckdb")?;
+    let seconds: f64 = String::from_utf8_lossy(&output)
         .trim()
         .parse()
         .context("reading DuckDB's time")?;
     Ok(rows as f64 / seconds)
+}
+
+/// Runs a Python script that needs the pip `packages` (named in the error when they are
+/// missing) and returns what it printed.
+pub(crate) fn python(script: &str, packages: &str) -> anyhow::Result<Vec<u8>> {
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .context("running python3")?;
+    if !output.status.success() {
+        bail!(
+            "python3 with {packages} failed (python3 -m pip install {packages}): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output.stdout)
 }
 
 /// User and system CPU time of this process so far.

@@ -4,16 +4,17 @@
 //! would run them; the directory stays behind for the commands printed at the end.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nublar_lake::query::{Format, QueryConfig};
 use nublar_sim::Park;
 
+use crate::node_child::ChildGuard;
 use crate::query_command::DEFAULT_DB;
 
 /// `nublar demo`
@@ -35,16 +36,6 @@ pub struct DemoArgs {
     /// Seed of the park and its events.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-}
-
-/// A child process killed when dropped, so that an error leaves no node running.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -93,7 +84,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         park.sensor_count()
     );
 
-    let (node, http) = start_node(&exe, &dir)?;
+    let (mut node, http) = crate::node_child::start_node(&dir, &[])?;
     println!(
         "a node listens on http://{http} (its log: {})",
         dir.join("node.log").display()
@@ -113,7 +104,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting the simulator")?;
-    let mut sim = Running(sim);
+    let mut sim = ChildGuard(sim);
     println!(
         "the simulator sends {} events/s for {} s (0.1% malformed, a fence breach half way)",
         args.rate, args.duration
@@ -169,15 +160,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     print!("{answers}");
 
     // SIGTERM: the node drains, and its lake holds everything it acknowledged.
-    // SAFETY: kill only sends a signal to our own child's pid.
-    unsafe {
-        libc::kill(node.0.id() as i32, libc::SIGTERM);
-    }
-    let mut node = node;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while node.0.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node.terminate(Duration::from_secs(30))?;
     let data = shell_quote(&dir);
     println!(
         "\nAsk more (the node's directory stays in {}):",
@@ -198,32 +181,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         lake.join(DEFAULT_DB).join("weather").display()
     );
     Ok(())
-}
-
-fn start_node(exe: &Path, dir: &Path) -> anyhow::Result<(Running, SocketAddr)> {
-    let mut child = Command::new(exe)
-        .arg("serve")
-        .arg("--data")
-        .arg(dir)
-        .args(["--http", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("node.log"))?)
-        .spawn()
-        .context("starting the node")?;
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut first)?;
-    let running = Running(child);
-    let http = first
-        .strip_prefix("nublar listening http=")
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|address| address.parse().ok())
-        .with_context(|| {
-            format!(
-                "the node did not start: see {}",
-                dir.join("node.log").display()
-            )
-        })?;
-    Ok((running, http))
 }
 
 /// What the node's `/metrics` says so far.

@@ -3,13 +3,16 @@
 mod bench;
 mod bench_bfd;
 mod bench_failover;
+mod bench_freshness;
 mod bench_lake;
+mod bench_query;
 mod bfd_command;
 mod config;
 mod demo;
 mod failover;
 mod lake_command;
 mod log_command;
+mod node_child;
 mod query_command;
 mod serve;
 mod sim;

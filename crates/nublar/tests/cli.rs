@@ -339,6 +339,67 @@ fn the_lake_benchmark_measures_the_sink_beside_duckdb_and_cleans_up() {
 }
 
 #[test]
+fn the_freshness_benchmark_probes_a_loaded_node_and_cleans_up() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = nublar(&[
+        "bench",
+        "freshness",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--rate",
+        "2000",
+        "--duration",
+        "4",
+    ]);
+    let text = stdout(&output);
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("freshness (acknowledged -> visible to a query) over "))
+        .unwrap_or_else(|| panic!("no freshness line: {text}"));
+    assert!(line.ends_with("0 not visible within 10 s"), "{text}");
+    assert!(!line.contains(" over 0 probes"), "{text}");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn the_query_benchmark_fills_a_node_and_compares_with_duckdb() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = nublar(&[
+        "bench",
+        "query",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--rows",
+        "30000",
+        "--batch",
+        "1000",
+        "--repeat",
+        "1",
+    ]);
+    let text = stdout(&output);
+    assert!(text.contains("table: 30000 rows"), "{text}");
+    // Every row counted once by the node's SQL: the temperatures are spread over -10..35.
+    let count = text
+        .lines()
+        .skip_while(|line| !line.starts_with("SELECT count(*) FROM weather WHERE temp_c > 30"))
+        .find_map(|line| line.trim().strip_prefix("answer: "))
+        .unwrap_or_else(|| panic!("no answer: {text}"));
+    let answer: serde_json::Value = serde_json::from_str(count).unwrap();
+    let over_30 = answer[0]["count(*)"].as_u64().unwrap();
+    assert!(over_30 > 0 && over_30 < 30000, "{text}");
+    let duckdb = text.contains("DuckDB over the same files");
+    if duckdb {
+        assert_eq!(text.matches("same answer: yes").count(), 2, "{text}");
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(duckdb, "DuckDB is installed under CI: {text}");
+    } else if !duckdb {
+        eprintln!("DuckDB comparison skipped: {text}");
+    }
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn the_demo_runs_a_node_and_the_simulator_then_answers_from_the_lake() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("demo");
