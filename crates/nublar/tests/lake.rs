@@ -502,3 +502,85 @@ fn the_lake_holds_every_event_once_across_sigkills_during_ingest() {
         String::from_utf8_lossy(&counted.stderr)
     );
 }
+
+#[test]
+fn the_lake_gives_each_column_the_type_the_schema_registry_gave_it() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let mut node = start(data.path());
+    let write = |lines: &str| {
+        common::request(
+            node.http,
+            "POST",
+            "/api/v3/write_lp?db=park",
+            &[],
+            lines.as_bytes(),
+        )
+        .0
+    };
+    assert_eq!(
+        write("m,t=a f=1.5,i=2i,u=3u,b=true,s=\"x\" 1700000000000000000\n"),
+        204
+    );
+    // A field that arrives later becomes a column of its own type too; a value of another type
+    // for a known field is refused, so it can never reach the lake.
+    assert_eq!(write("m,t=b f=2.5,late=7u 1700000001000000000\n"), 204);
+    assert_eq!(write("m,t=c f=3i 1700000002000000000\n"), 400);
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+
+    let nublar = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_nublar"))
+            .args(["--data", dir])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let mut registered = std::collections::BTreeMap::new();
+    for line in nublar(&["log", "tail", "_schemas", "-n", "100"]).lines() {
+        let Some(start) = line.find('{') else {
+            continue;
+        };
+        let record: serde_json::Value =
+            serde_json::from_str(&line[start..].replace("\\\"", "\"")).unwrap();
+        let expected = match (record["kind"].as_str(), record["type"].as_str()) {
+            (Some("tag"), _) | (_, Some("string")) => "Utf8View",
+            (_, Some("float")) => "Float64",
+            (_, Some("integer")) => "Int64",
+            (_, Some("unsigned")) => "Decimal128(20, 0)",
+            (_, Some("boolean")) => "Boolean",
+            other => panic!("unknown registration {other:?} in {line}"),
+        };
+        registered.insert(record["column"].as_str().unwrap().to_owned(), expected);
+    }
+    assert_eq!(registered.len(), 7, "{registered:?}");
+    let mut stored = std::collections::BTreeMap::new();
+    for line in nublar(&[
+        "query",
+        "--format",
+        "jsonl",
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'm'",
+    ])
+    .lines()
+    {
+        let column: serde_json::Value = serde_json::from_str(line).unwrap();
+        let name = column["column_name"].as_str().unwrap();
+        if !name.starts_with('_') && name != "time" {
+            stored.insert(
+                name.to_owned(),
+                column["data_type"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    let registered: std::collections::BTreeMap<String, String> = registered
+        .into_iter()
+        .map(|(name, kind)| (name, kind.to_owned()))
+        .collect();
+    assert_eq!(stored, registered);
+}
