@@ -15,7 +15,7 @@ pub mod query;
 pub mod sink;
 pub mod table;
 
-pub use sink::{Sink, SinkConfig, SinkCounters};
+pub use sink::{JsonTable, RecordFormat, Sink, SinkConfig, SinkCounters};
 
 use nublar_bus::BusError;
 

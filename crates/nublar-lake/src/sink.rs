@@ -1,9 +1,10 @@
-//! The lake sink: the `telemetry` topic into one Delta table per database and measurement,
-//! exactly once.
+//! The lake sink: a topic into Delta tables, exactly once. The `telemetry` topic becomes one
+//! table per database and measurement; any other topic of JSON records (the dead letters, a
+//! processor's output) becomes one table per database with the columns its [`JsonTable`] names.
 //!
 //! The sink reads every partition of its topic from its consumer group's offsets, turns each
-//! record (one event as canonical line protocol, with the database and sender in the headers of
-//! its batch's first record) into a row of its table's buffer, and commits when the oldest
+//! record (for telemetry, one event as canonical line protocol, with the database and sender in
+//! the headers of its batch's first record) into a row of its table's buffer, and commits when the oldest
 //! buffered row has waited `commit_interval`, or the buffers reach `rows_max` or `bytes_max`.
 //! A commit writes each table's rows with the last offset of each partition it now holds, in the
 //! same Delta transaction; only when every table has committed does the group commit its
@@ -14,6 +15,7 @@
 //! Any failure of a table commit ends the round: the sink forgets what it buffered, waits a
 //! moment, and reads again from its group's offsets, which is the same path as a restart.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nublar_bus::{Bus, BusError, ReadBatches, Start};
-use nublar_model::{ParseLimits, Precision, parse_lines};
+use nublar_model::{
+    Field, FieldType, FieldValue, ParseLimits, ParsedLine, Precision, Tag, parse_lines,
+};
 use tokio::sync::watch;
 
 use crate::LakeError;
@@ -29,10 +33,40 @@ use crate::buffer::{Mismatch, RowOrigin, TableBuffer};
 use crate::names;
 use crate::table::{Table, app_id};
 
+/// How the records of a sink's topic become rows.
+#[derive(Clone, Debug)]
+pub enum RecordFormat {
+    /// One event per record as canonical line protocol, the database and the sender in the
+    /// headers (`db`, `sender`) of its batch's first record: the gateway's telemetry. The table
+    /// is the line's measurement.
+    LineProtocol,
+    /// One JSON object per record, a row of one table with fixed columns (the dead letters,
+    /// a processor's output).
+    Json(JsonTable),
+}
+
+/// A table made of JSON records: which members hold what.
+#[derive(Clone, Debug)]
+pub struct JsonTable {
+    /// The table's name in every database.
+    pub table: String,
+    /// The member naming the database the row belongs to.
+    pub db: String,
+    /// The member holding the row's time, in nanoseconds since the epoch.
+    pub time: String,
+    /// The member holding the sender's address, for the `_sender` column.
+    pub sender: Option<String>,
+    /// Members that become tag columns (text, dictionary encoded).
+    pub tags: Vec<String>,
+    /// Members that become field columns of the given types.
+    pub fields: Vec<(String, FieldType)>,
+}
+
 /// How the sink runs; see the example configuration for each option's meaning and default.
 #[derive(Clone, Debug)]
 pub struct SinkConfig {
     pub topic: String,
+    pub format: RecordFormat,
     pub group: String,
     /// Where the tables live: `<lake>/<database>/<measurement>`, names stored as
     /// [`names::encode`] writes them.
@@ -48,9 +82,11 @@ pub struct SinkConfig {
 }
 
 impl SinkConfig {
+    /// The telemetry topic's sink, as group `lake`.
     pub fn new(lake_dir: PathBuf) -> SinkConfig {
         SinkConfig {
             topic: "telemetry".into(),
+            format: RecordFormat::LineProtocol,
             group: "lake".into(),
             lake_dir,
             commit_interval: Duration::from_secs(1),
@@ -110,6 +146,11 @@ impl Sink {
             config,
             counters: Arc::new(SinkCounters::default()),
         }
+    }
+
+    /// The topic the sink reads.
+    pub fn topic(&self) -> &str {
+        &self.config.topic
     }
 
     pub fn counters(&self) -> Arc<SinkCounters> {
@@ -300,20 +341,19 @@ impl Sink {
                 if record.offset < from {
                     continue;
                 }
-                let Some(db) = database.as_deref() else {
+                let decoded = match &self.config.format {
+                    RecordFormat::LineProtocol => {
+                        decode_line(record.value, database.as_deref(), sender.as_deref())
+                    }
+                    RecordFormat::Json(table) => decode_json(record.value, table),
+                };
+                let Some((db, line, row_sender)) = decoded else {
                     self.counters
                         .records_unreadable
                         .fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                let Some((_, Ok(line))) =
-                    parse_lines(record.value, Precision::Ns, ParseLimits::default()).next()
-                else {
-                    self.counters
-                        .records_unreadable
-                        .fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
+                let db = db.as_ref();
                 let key = (db.to_owned(), line.measurement.to_string());
                 if !round.tables.contains_key(&key) {
                     let dir = self
@@ -343,7 +383,7 @@ impl Sink {
                     &line,
                     timestamp_ns,
                     &RowOrigin {
-                        sender: sender.as_deref(),
+                        sender: row_sender.as_deref(),
                         batch_key: batch_key.as_deref(),
                     },
                     |name| table.known(name),
@@ -399,4 +439,80 @@ impl Sink {
         }
         Ok(())
     }
+}
+
+/// A row of the telemetry topic: the database and sender from the batch's headers, the event
+/// from the record's line.
+fn decode_line<'r>(
+    value: &'r [u8],
+    database: Option<&'r str>,
+    sender: Option<&'r str>,
+) -> Option<(Cow<'r, str>, ParsedLine<'r>, Option<Cow<'r, str>>)> {
+    let db = database?;
+    let (_, parsed) = parse_lines(value, Precision::Ns, ParseLimits::default()).next()?;
+    Some((Cow::Borrowed(db), parsed.ok()?, sender.map(Cow::Borrowed)))
+}
+
+/// A row of a JSON topic. A member missing or of another type is a null in its column; a
+/// record without its database or time is no row.
+fn decode_json(
+    value: &[u8],
+    table: &JsonTable,
+) -> Option<(
+    Cow<'static, str>,
+    ParsedLine<'static>,
+    Option<Cow<'static, str>>,
+)> {
+    let serde_json::Value::Object(mut object) = serde_json::from_slice(value).ok()? else {
+        return None;
+    };
+    let text = |value: serde_json::Value| match value {
+        serde_json::Value::String(text) => Some(text),
+        _ => None,
+    };
+    let db = object.remove(&table.db).and_then(text)?;
+    let time = object
+        .get(&table.time)
+        .and_then(serde_json::Value::as_i64)?;
+    let sender = table
+        .sender
+        .as_ref()
+        .and_then(|member| object.remove(member))
+        .and_then(text)
+        .map(Cow::Owned);
+    let tags = table
+        .tags
+        .iter()
+        .filter_map(|name| {
+            Some(Tag {
+                key: Cow::Owned(name.clone()),
+                value: Cow::Owned(object.remove(name).and_then(text)?),
+            })
+        })
+        .collect();
+    let fields = table
+        .fields
+        .iter()
+        .filter_map(|(name, field_type)| {
+            let member = object.remove(name)?;
+            let value = match field_type {
+                FieldType::F64 => FieldValue::F64(member.as_f64()?),
+                FieldType::I64 => FieldValue::I64(member.as_i64()?),
+                FieldType::U64 => FieldValue::U64(member.as_u64()?),
+                FieldType::Bool => FieldValue::Bool(member.as_bool()?),
+                FieldType::Str => FieldValue::Str(Cow::Owned(text(member)?)),
+            };
+            Some(Field {
+                key: Cow::Owned(name.clone()),
+                value,
+            })
+        })
+        .collect();
+    let line = ParsedLine {
+        measurement: Cow::Owned(table.table.clone()),
+        tags,
+        fields,
+        timestamp_ns: Some(time),
+    };
+    Some((Cow::Owned(db), line, sender))
 }

@@ -211,3 +211,78 @@ async fn every_hundredth_commit_writes_a_checkpoint_that_keeps_the_positions() {
     .await;
     assert_eq!(rows, texts(&[&["106", "106"]]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_of_json_records_becomes_a_table_of_fixed_columns() {
+    use nublar_bus::{BatchBuilder, Compression, TopicConfig};
+    use nublar_lake::{JsonTable, RecordFormat};
+    use nublar_model::FieldType;
+    let lab = Lab::new(1).await;
+    lab.bus
+        .ensure_topic("_alerts", TopicConfig::with_partitions(1))
+        .await
+        .unwrap();
+    let mut builder = BatchBuilder::new(Compression::None)
+        .batch_key("alerts-1")
+        .unwrap();
+    for record in [
+        r#"{"db":"park","at_ns":1700000000000000000,"rule":"fence","level":3,"text":"low voltage","from":"2001:db8::9"}"#,
+        r#"{"db":"park","at_ns":1700000001000000000,"rule":"silence","level":"high"}"#,
+        r#"{"db":"park","rule":"no time"}"#,
+        r#"not json"#,
+        r#"{"db":"zoo","at_ns":1700000002000000000,"rule":"gate","level":1}"#,
+    ] {
+        builder.push(None, record.as_bytes(), &[]);
+    }
+    lab.bus
+        .append("_alerts", 0, builder.finish().unwrap())
+        .await
+        .unwrap();
+    let config = nublar_lake::SinkConfig {
+        topic: "_alerts".into(),
+        group: "lake-alerts".into(),
+        format: RecordFormat::Json(JsonTable {
+            table: "_alerts".into(),
+            db: "db".into(),
+            time: "at_ns".into(),
+            sender: Some("from".into()),
+            tags: vec!["rule".into()],
+            fields: vec![
+                ("level".into(), FieldType::I64),
+                ("text".into(), FieldType::Str),
+            ],
+        }),
+        ..lab.config()
+    };
+    let counters = lab.sink_until(config, 3).await;
+    assert_eq!(counters.records_unreadable.load(Ordering::Relaxed), 2);
+    let rows = query(
+        &lab.table_dir("park", "_alerts"),
+        "SELECT _time_ns, rule, level, text, _sender, _batch_key FROM t ORDER BY _time_ns",
+    )
+    .await;
+    // A member of another type than its column's is a null, not a refusal of the row.
+    assert_eq!(
+        rows,
+        texts(&[
+            &[
+                "1700000000000000000",
+                "fence",
+                "3",
+                "low voltage",
+                "2001:db8::9",
+                "alerts-1"
+            ],
+            &[
+                "1700000001000000000",
+                "silence",
+                "NULL",
+                "NULL",
+                "NULL",
+                "alerts-1"
+            ],
+        ])
+    );
+    let zoo = query(&lab.table_dir("zoo", "_alerts"), "SELECT rule FROM t").await;
+    assert_eq!(zoo, texts(&[&["gate"]]));
+}

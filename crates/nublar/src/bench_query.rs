@@ -44,6 +44,9 @@ const QUERIES: [&str; 2] = [
     "SELECT count(*) FROM weather WHERE temp_c > 30",
 ];
 
+/// The lake's rows of the telemetry topic in the node's `/metrics`.
+const TELEMETRY_ROWS: &str = "nublar_lake_rows_written_total{topic=\"telemetry\"}";
+
 /// How long the lake may take to commit everything after the last write.
 const SINK_WAIT_MAX: Duration = Duration::from_secs(1800);
 
@@ -84,7 +87,7 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64(),
                 next.load(Ordering::Relaxed).min(requests),
                 requests,
-                metric(http, "nublar_lake_rows_written_total")?
+                metric(http, TELEMETRY_ROWS)?
             );
         }
     }
@@ -93,7 +96,7 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     }
     let written = started.elapsed().as_secs_f64();
     let deadline = Instant::now() + SINK_WAIT_MAX;
-    while metric(http, "nublar_lake_rows_written_total")? < args.rows as f64 {
+    while metric(http, TELEMETRY_ROWS)? < args.rows as f64 {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the lake did not commit every row within {} s",

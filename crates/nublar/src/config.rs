@@ -148,6 +148,31 @@ impl LakeSection {
         }))
     }
 
+    /// The sink of the gateway's dead letters into a `_dead_letters` table per database
+    /// (group `lake-dead-letters`), like the telemetry's; `None` when the lake is off.
+    pub fn dead_letters_sink(
+        &self,
+        data: &Path,
+    ) -> anyhow::Result<Option<nublar_lake::SinkConfig>> {
+        Ok(self.sink(data)?.map(|telemetry| nublar_lake::SinkConfig {
+            topic: nublar_ingest::DEAD_LETTERS_TOPIC.into(),
+            group: "lake-dead-letters".into(),
+            format: nublar_lake::RecordFormat::Json(nublar_lake::JsonTable {
+                table: nublar_ingest::DEAD_LETTERS_TOPIC.into(),
+                db: "db".into(),
+                time: "received_ns".into(),
+                sender: Some("sender".into()),
+                tags: vec!["reason".into()],
+                fields: vec![
+                    ("line_number".into(), nublar_model::FieldType::I64),
+                    ("message".into(), nublar_model::FieldType::Str),
+                    ("raw".into(), nublar_model::FieldType::Str),
+                ],
+            }),
+            ..telemetry
+        }))
+    }
+
     /// The background maintenance; `None` when the lake or its maintenance is off.
     pub fn maintenance(&self) -> anyhow::Result<Option<Maintenance>> {
         if !self.enabled || self.maintenance_interval_seconds == 0 {

@@ -136,10 +136,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    // Every acknowledged event reaches the lake within a commit interval or so.
+    // Every acknowledged event (and every dead letter) reaches the lake within a commit
+    // interval or so.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut counts = counts;
-    while counts.lake_rows < counts.accepted && Instant::now() < deadline {
+    while !counts.caught_up() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         counts = Counts::read(http)?;
     }
@@ -184,45 +185,30 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// What the node's `/metrics` says so far.
-#[derive(Default)]
 struct Counts {
     accepted: f64,
     rejected: f64,
     lake_rows: f64,
-    /// Rejected lines by reason.
-    reasons: Vec<(String, f64)>,
+    /// Rejected lines kept as dead letters, and those of them in the lake.
+    dead_letters: f64,
+    dead_letter_rows: f64,
 }
 
 impl Counts {
     fn read(http: SocketAddr) -> anyhow::Result<Counts> {
-        let (status, text) = crate::log_command::http_request(http, "GET", "/metrics", None, b"")?;
-        anyhow::ensure!(status == 200, "the node's /metrics answered {status}");
-        let mut counts = Counts::default();
-        for line in text.lines().filter(|line| !line.starts_with('#')) {
-            let Some((name, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.parse::<f64>() else {
-                continue;
-            };
-            if name == "nublar_ingest_accepted_lines_total" {
-                counts.accepted += value;
-            } else if name == "nublar_lake_rows_written_total" {
-                counts.lake_rows += value;
-            } else if let Some(labels) = name.strip_prefix("nublar_ingest_rejected_lines_total{") {
-                counts.rejected += value;
-                let reason = labels
-                    .trim_end_matches('}')
-                    .strip_prefix("reason=\"")
-                    .unwrap_or(labels)
-                    .trim_end_matches('"');
-                if value > 0.0 {
-                    counts.reasons.push((reason.to_owned(), value));
-                }
-            }
-        }
-        counts.reasons.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(counts)
+        let text = crate::node_child::metrics_text(http)?;
+        let sample = |series| crate::node_child::sample(&text, series);
+        Ok(Counts {
+            accepted: sample("nublar_ingest_accepted_lines_total"),
+            rejected: sample("nublar_ingest_rejected_lines_total"),
+            lake_rows: sample("nublar_lake_rows_written_total{topic=\"telemetry\"}"),
+            dead_letters: sample("nublar_ingest_dead_letters_total"),
+            dead_letter_rows: sample("nublar_lake_rows_written_total{topic=\"_dead_letters\"}"),
+        })
+    }
+
+    fn caught_up(&self) -> bool {
+        self.lake_rows >= self.accepted && self.dead_letter_rows >= self.dead_letters
     }
 }
 
@@ -345,16 +331,18 @@ async fn answers(lake: &Path, park: &Park, counts: &Counts) -> anyhow::Result<St
         );
     }
 
+    let sql = "SELECT reason, count(*) AS lines, left(min(raw), 60) AS example FROM _dead_letters \
+               GROUP BY reason ORDER BY lines DESC";
     let _ = writeln!(
         out,
-        "\nWhich lines were rejected, and why? (the node's /metrics; each is in the \
-         _dead_letters topic with its text: nublar log tail _dead_letters)"
+        "\nWhich lines were rejected, and why? ({} in all; the first of each request and sender \
+         are kept as dead letters)\n  {sql}",
+        thousands(counts.rejected as u64)
     );
-    if counts.reasons.is_empty() {
+    if counts.dead_letters > 0.0 {
+        let _ = writeln!(out, "{}", sql_table(lake, sql).await?);
+    } else {
         let _ = writeln!(out, "  none");
-    }
-    for (reason, count) in &counts.reasons {
-        let _ = writeln!(out, "  {:>9}  {reason}", thousands(*count as u64));
     }
     Ok(out)
 }

@@ -68,19 +68,33 @@ pub fn start_node(dir: &Path, extra: &[&str]) -> anyhow::Result<(ChildGuard, Soc
     Ok((guard, http))
 }
 
-/// The sum of every sample of the metric `name` (all label sets) on the node's `/metrics`.
-pub fn metric(http: SocketAddr, name: &str) -> anyhow::Result<f64> {
+/// The node's `/metrics` page.
+pub fn metrics_text(http: SocketAddr) -> anyhow::Result<String> {
     let (status, text) = crate::log_command::http_request(http, "GET", "/metrics", None, b"")?;
     anyhow::ensure!(status == 200, "the node's /metrics answered {status}");
-    Ok(text
-        .lines()
+    Ok(text)
+}
+
+/// In a `/metrics` page, the sample of `series` when it names labels (`name{topic="x"}`), or
+/// the sum of every sample of the metric `series` when it does not.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name).then(|| value.parse::<f64>().ok())?
+            let (found, value) = line.rsplit_once(' ')?;
+            let matches = if series.contains('{') {
+                found == series
+            } else {
+                found.split('{').next() == Some(series)
+            };
+            matches.then(|| value.parse::<f64>().ok())?
         })
-        .sum())
+        .sum()
+}
+
+/// [`sample`] of the node's `/metrics` now.
+pub fn metric(http: SocketAddr, series: &str) -> anyhow::Result<f64> {
+    Ok(sample(&metrics_text(http)?, series))
 }
 
 /// One keep-alive HTTP/1.1 connection to a node, reconnecting when the node closes it.

@@ -277,26 +277,35 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
 
 type LakeTask = tokio::task::JoinHandle<Result<(), nublar_lake::LakeError>>;
 
-/// Starts the lake sink when `[lake]` is enabled, with its counters in `/metrics`.
+/// Starts the lake sinks when `[lake]` is enabled (the telemetry, and the dead letters), with
+/// their counters in `/metrics` and the guard on the telemetry's lag.
 fn start_lake(
     data: &Path,
     node: &NodeConfig,
     bus: Arc<dyn Bus>,
     gateway: &Gateway,
 ) -> anyhow::Result<Option<(tokio::sync::watch::Sender<bool>, LakeTask)>> {
-    let Some(config) = node.lake.sink(data)? else {
+    let (Some(telemetry), Some(dead_letters)) =
+        (node.lake.sink(data)?, node.lake.dead_letters_sink(data)?)
+    else {
         return Ok(None);
     };
     let lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let guard = tokio::spawn(guard_lake_lag(
         bus.clone(),
         gateway.clone(),
-        config.clone(),
+        telemetry.clone(),
         node.lake.lag_events_max,
         lag.clone(),
     ));
-    let sink = nublar_lake::Sink::new(bus, config);
-    let counters = sink.counters();
+    let sinks = [
+        nublar_lake::Sink::new(bus.clone(), telemetry),
+        nublar_lake::Sink::new(bus, dead_letters),
+    ];
+    let counters: Vec<(String, Arc<nublar_lake::SinkCounters>)> = sinks
+        .iter()
+        .map(|sink| (sink.topic().to_owned(), sink.counters()))
+        .collect();
     gateway.add_metrics(Arc::new(move || {
         let mut text = lake_prometheus(&counters);
         text.push_str(&format!(
@@ -306,8 +315,26 @@ fn start_lake(
         Box::pin(async move { text })
     }));
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running: Vec<_> = sinks
+        .into_iter()
+        .map(|sink| {
+            let stopped = stopped.clone();
+            tokio::spawn(async move { sink.run(stopped).await })
+        })
+        .collect();
     let task = tokio::spawn(async move {
-        let result = sink.run(stopped).await;
+        let mut result = Ok(());
+        for sink in running {
+            let ended = sink.await.unwrap_or_else(|error| {
+                Err(nublar_lake::LakeError::Io {
+                    path: "lake sink task".into(),
+                    message: error.to_string(),
+                })
+            });
+            if result.is_ok() {
+                result = ended;
+            }
+        }
         guard.abort();
         result
     });
@@ -360,25 +387,34 @@ async fn guard_lake_lag(
     }
 }
 
-fn lake_prometheus(counters: &nublar_lake::SinkCounters) -> String {
+/// One of a sink's counters.
+type Counter = fn(&nublar_lake::SinkCounters) -> &std::sync::atomic::AtomicU64;
+
+fn lake_prometheus(sinks: &[(String, Arc<nublar_lake::SinkCounters>)]) -> String {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let mut out = String::new();
-    for (name, value) in [
-        ("nublar_lake_rows_written_total", &counters.rows_written),
-        ("nublar_lake_rows_skipped_total", &counters.rows_skipped),
-        ("nublar_lake_commits_total", &counters.commits),
-        ("nublar_lake_failed_rounds_total", &counters.failed_rounds),
-        (
-            "nublar_lake_values_mismatched_total",
-            &counters.values_mismatched,
-        ),
-        (
-            "nublar_lake_records_unreadable_total",
-            &counters.records_unreadable,
-        ),
-    ] {
-        let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+    let series: [(&str, Counter); 6] = [
+        ("nublar_lake_rows_written_total", |c| &c.rows_written),
+        ("nublar_lake_rows_skipped_total", |c| &c.rows_skipped),
+        ("nublar_lake_commits_total", |c| &c.commits),
+        ("nublar_lake_failed_rounds_total", |c| &c.failed_rounds),
+        ("nublar_lake_values_mismatched_total", |c| {
+            &c.values_mismatched
+        }),
+        ("nublar_lake_records_unreadable_total", |c| {
+            &c.records_unreadable
+        }),
+    ];
+    for (name, counter) in series {
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (topic, counters) in sinks {
+            let _ = writeln!(
+                out,
+                "{name}{{topic=\"{topic}\"}} {}",
+                counter(counters).load(Relaxed)
+            );
+        }
     }
     out
 }

@@ -583,4 +583,78 @@ fn the_lake_gives_each_column_the_type_the_schema_registry_gave_it() {
         .map(|(name, kind)| (name, kind.to_owned()))
         .collect();
     assert_eq!(stored, registered);
+    // The refused line is a dead letter, and the dead letters are a table of the database.
+    let dead = nublar(&[
+        "query",
+        "--format",
+        "csv",
+        "SELECT reason, line_number, raw, _sender FROM _dead_letters",
+    ]);
+    assert_eq!(
+        dead,
+        "reason,line_number,raw,_sender\nfield_type_conflict,1,\"m,t=c f=3i 1700000002000000000\",127.0.0.1\n"
+    );
+}
+
+#[test]
+fn the_node_compacts_and_checkpoints_its_tables_in_the_background() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let mut node = start_node(
+        data.path(),
+        "[lake]\nmaintenance_interval_seconds = 1\n",
+        "127.0.0.1:0",
+    );
+    let tables = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_nublar"))
+            .args(["lake", "tables", "--json", "--data", dir])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(output.stdout).unwrap();
+        text.lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .find(|table| table["measurement"] == "gate")
+    };
+    // One request at a time, each committed on its own: a file each.
+    for n in 0..6i64 {
+        let line = format!(
+            "gate,gate=g1 open=true,n={n}i {}\n",
+            1_700_000_000_000_000_000 + n
+        );
+        let (status, _) = common::request(
+            node.http,
+            "POST",
+            "/api/v3/write_lp?db=park",
+            &[],
+            line.as_bytes(),
+        );
+        assert_eq!(status, 204);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tables().is_none_or(|table| table["rows"].as_i64() != Some(n + 1)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "row {n} never committed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let table = tables().unwrap();
+        let checkpointed = data
+            .path()
+            .join("lake/park/gate/_delta_log/_last_checkpoint")
+            .exists();
+        if table["files"] == 1 && checkpointed {
+            assert_eq!(table["rows"], 6, "{table}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not compacted and checkpointed: {table}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
 }
