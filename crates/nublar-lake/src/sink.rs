@@ -127,12 +127,19 @@ struct Pending {
     positions: BTreeMap<String, i64>,
 }
 
+/// An open table and what waits for its next commit.
+struct Slot {
+    table: Table,
+    pending: Pending,
+}
+
 /// One round's state: rebuilt from the group's offsets after any failure.
 struct Round {
     next: Vec<i64>,
     committed: Vec<i64>,
-    tables: HashMap<(String, String), Table>,
-    pending: HashMap<(String, String), Pending>,
+    /// Database → table name → slot: looked up by the names of each record as borrowed, so a
+    /// row costs no allocation to find its table.
+    tables: HashMap<String, HashMap<String, Slot>>,
     oldest_pending: Option<Instant>,
     app_ids: Vec<String>,
     /// Once asked to stop: the end of each partition then, which the round reads up to.
@@ -207,7 +214,6 @@ impl Sink {
             committed: next.clone(),
             next,
             tables: HashMap::new(),
-            pending: HashMap::new(),
             oldest_pending: None,
             app_ids: (0..partitions).map(|p| app_id(topic, p)).collect(),
             drain_to: None,
@@ -276,12 +282,17 @@ impl Sink {
     }
 
     fn full(&self, round: &Round) -> bool {
-        let (rows, bytes) = round
-            .pending
-            .values()
-            .fold((0, 0), |(rows, bytes), pending| {
-                (rows + pending.buffer.rows(), bytes + pending.buffer.bytes())
-            });
+        let (rows, bytes) =
+            round
+                .tables
+                .values()
+                .flat_map(HashMap::values)
+                .fold((0, 0), |(rows, bytes), slot| {
+                    (
+                        rows + slot.pending.buffer.rows(),
+                        bytes + slot.pending.buffer.bytes(),
+                    )
+                });
         rows >= self.config.rows_max || bytes >= self.config.bytes_max
     }
 
@@ -354,31 +365,42 @@ impl Sink {
                     continue;
                 };
                 let db = db.as_ref();
-                let key = (db.to_owned(), line.measurement.to_string());
-                if !round.tables.contains_key(&key) {
+                let measurement = line.measurement.as_ref();
+                let opened = round
+                    .tables
+                    .get(db)
+                    .is_some_and(|tables| tables.contains_key(measurement));
+                if !opened {
                     let dir = self
                         .config
                         .lake_dir
                         .join(names::encode(db))
-                        .join(names::encode(&line.measurement));
-                    let table = Table::open(
-                        &dir,
-                        &line.measurement,
-                        self.config.zstd_level,
-                        &round.app_ids,
-                    )
-                    .await?;
-                    round.tables.insert(key.clone(), table);
+                        .join(names::encode(measurement));
+                    let table =
+                        Table::open(&dir, measurement, self.config.zstd_level, &round.app_ids)
+                            .await?;
+                    round.tables.entry(db.to_owned()).or_default().insert(
+                        measurement.to_owned(),
+                        Slot {
+                            table,
+                            pending: Pending::default(),
+                        },
+                    );
                 }
-                let table = &round.tables[&key];
-                if table.holds(&app, record.offset) {
+                let slot = round
+                    .tables
+                    .get_mut(db)
+                    .and_then(|tables| tables.get_mut(measurement))
+                    .expect("opened above");
+                if slot.table.holds(&app, record.offset) {
                     self.counters.rows_skipped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let timestamp_ns = line
                     .timestamp_ns
                     .unwrap_or(record.timestamp_ms.saturating_mul(1_000_000));
-                let pending = round.pending.entry(key).or_default();
+                let table = &slot.table;
+                let pending = &mut slot.pending;
                 pending.buffer.push(
                     &line,
                     timestamp_ns,
@@ -389,7 +411,12 @@ impl Sink {
                     |name| table.known(name),
                     &mut mismatches,
                 );
-                pending.positions.insert(app.clone(), record.offset);
+                match pending.positions.get_mut(app.as_str()) {
+                    Some(position) => *position = record.offset,
+                    None => {
+                        pending.positions.insert(app.clone(), record.offset);
+                    }
+                }
                 round.oldest_pending.get_or_insert_with(Instant::now);
             }
         }
@@ -408,17 +435,16 @@ impl Sink {
 
     /// Commits every table's rows, then the group's offsets.
     async fn commit(&self, round: &mut Round) -> Result<(), LakeError> {
-        let pending = std::mem::take(&mut round.pending);
         round.oldest_pending = None;
-        for (key, mut pending) in pending {
-            let rows = pending.buffer.rows();
-            let table = round
-                .tables
-                .get_mut(&key)
-                .expect("a table is opened before rows are buffered for it");
-            table
-                .commit(&mut pending.buffer, &pending.positions)
+        for slot in round.tables.values_mut().flat_map(HashMap::values_mut) {
+            if slot.pending.positions.is_empty() {
+                continue;
+            }
+            let rows = slot.pending.buffer.rows();
+            slot.table
+                .commit(&mut slot.pending.buffer, &slot.pending.positions)
                 .await?;
+            slot.pending.positions.clear();
             self.counters
                 .rows_written
                 .fetch_add(rows as u64, Ordering::Relaxed);
