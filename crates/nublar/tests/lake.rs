@@ -1,9 +1,11 @@
-//! The lake of a running node is plain Delta Lake: the simulator sends to `nublar serve`, the
-//! node's sink writes the tables, and the `deltalake` Python package (delta-rs's own, not
-//! ours) reads every table back with exactly the events that were acknowledged, each once.
+//! The lake of a running node: plain Delta Lake that the `deltalake` Python package (delta-rs's
+//! own, not ours) and DuckDB read back with exactly the events that were acknowledged, each
+//! once; SQL over it through the API and the command line; its maintenance; writes held back
+//! while it lags; every event once across SIGKILLs during ingest; the schema registry's types.
 //!
-//! Needs `python3` with `deltalake` and `pyarrow` (`python3 -m pip install deltalake pyarrow`);
-//! without them the test prints why and passes, unless `CI=true`, where it fails.
+//! The interop test needs `python3` with `deltalake`, `pyarrow` and `duckdb` (`python3 -m pip
+//! install deltalake pyarrow duckdb`); without them it prints why and passes, unless `CI=true`,
+//! where it fails.
 
 mod common;
 
@@ -16,15 +18,15 @@ use common::NodeProcess;
 
 fn python_has_deltalake() -> Result<(), String> {
     let output = Command::new("python3")
-        .args(["-c", "import deltalake, pyarrow"])
+        .args(["-c", "import deltalake, pyarrow, duckdb"])
         .output()
         .map_err(|error| format!("python3: {error}"))?;
     if output.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "python3 cannot import deltalake and pyarrow (python3 -m pip install deltalake \
-             pyarrow): {}",
+            "python3 cannot import deltalake, pyarrow and duckdb (python3 -m pip install \
+             deltalake pyarrow duckdb): {}",
             String::from_utf8_lossy(&output.stderr).trim()
         ))
     }
@@ -62,18 +64,28 @@ fn start(data: &Path) -> NodeProcess {
 /// values of the unique field, and their sum.
 const READ_TABLES: &str = r#"
 import json, os, sys
+import duckdb
 from deltalake import DeltaTable
 import pyarrow.compute as pc
 root = sys.argv[1]
 out = {}
 for name in sorted(os.listdir(root)):
-    table = DeltaTable(os.path.join(root, name)).to_pyarrow_table()
+    if name.startswith("_"):
+        continue
+    delta = DeltaTable(os.path.join(root, name))
+    table = delta.to_pyarrow_table()
     uid = table.column("uid")
+    # DuckDB over the same version's files, as its own Parquet reader sees them.
+    duck_rows, duck_sum = duckdb.sql(
+        "SELECT count(*), sum(uid) FROM read_parquet(" + repr(delta.file_uris()) + ")"
+    ).fetchall()[0]
     out[name] = {
         "rows": table.num_rows,
         "distinct": pc.count_distinct(uid).as_py(),
         "sum": pc.sum(uid).as_py(),
         "columns": table.column_names,
+        "duckdb_rows": duck_rows,
+        "duckdb_sum": int(duck_sum),
     }
 print(json.dumps(out))
 "#;
@@ -140,6 +152,8 @@ fn the_deltalake_python_package_reads_every_acknowledged_event_once() {
     let (mut rows, mut distinct, mut sum) = (0, 0, 0);
     for table in tables.as_object().unwrap().values() {
         rows += table["rows"].as_u64().unwrap();
+        assert_eq!(table["duckdb_rows"], table["rows"], "{tables}");
+        assert_eq!(table["duckdb_sum"], table["sum"], "{tables}");
         distinct += table["distinct"].as_u64().unwrap();
         sum += table["sum"].as_u64().unwrap();
         let columns: Vec<&str> = table["columns"]
