@@ -92,6 +92,10 @@ pub struct TableBuffer {
     /// By stored (encoded) name; the name as sent is kept beside it.
     columns: Vec<Column>,
     by_name: HashMap<String, usize>,
+    /// The column of each tag and field of the previous row, in the row's order: the rows of
+    /// a table mostly share one shape, so a name compared with the one at its place usually
+    /// finds its column without hashing.
+    shape: Vec<usize>,
 }
 
 struct Column {
@@ -179,6 +183,7 @@ impl Default for TableBuffer {
             batch_key: StringBuilder::new(),
             columns: Vec::new(),
             by_name: HashMap::new(),
+            shape: Vec::new(),
         }
     }
 }
@@ -220,8 +225,11 @@ impl TableBuffer {
         self.batch_key.append_option(origin.batch_key);
         let mut bytes =
             40 + origin.sender.map_or(0, str::len) + origin.batch_key.map_or(0, str::len);
+        let mut place = 0;
         for tag in &line.tags {
-            if let Some(values) = self.column(&tag.key, ColumnKind::Tag, &known, mismatches)
+            place += 1;
+            if let Some(values) =
+                self.column(place - 1, &tag.key, ColumnKind::Tag, &known, mismatches)
                 && let Values::Str(builder) = values
             {
                 builder.append_value(&tag.value);
@@ -230,7 +238,8 @@ impl TableBuffer {
         }
         for field in &line.fields {
             let kind = kind_of(&field.value);
-            let Some(values) = self.column(&field.key, kind, &known, mismatches) else {
+            place += 1;
+            let Some(values) = self.column(place - 1, &field.key, kind, &known, mismatches) else {
                 continue;
             };
             match (values, &field.value) {
@@ -262,13 +271,19 @@ impl TableBuffer {
     /// before) if new; `None` (reported) when the table or this buffer has it as another kind.
     fn column(
         &mut self,
+        place: usize,
         name: &str,
         kind: ColumnKind,
         known: &impl Fn(&str) -> Option<ColumnKind>,
         mismatches: &mut Vec<Mismatch>,
     ) -> Option<&mut Values> {
-        let index = match self.by_name.get(name) {
-            Some(index) => *index,
+        let same_place = self
+            .shape
+            .get(place)
+            .copied()
+            .filter(|&index| self.columns[index].name == name);
+        let index = match same_place.or_else(|| self.by_name.get(name).copied()) {
+            Some(index) => index,
             None => {
                 if let Some(known) = known(name)
                     && known != kind
@@ -291,6 +306,11 @@ impl TableBuffer {
                 self.columns.len() - 1
             }
         };
+        if place < self.shape.len() {
+            self.shape[place] = index;
+        } else if place == self.shape.len() {
+            self.shape.push(index);
+        }
         let column = &mut self.columns[index];
         if column.kind != kind {
             mismatches.push(Mismatch {
@@ -327,6 +347,7 @@ impl TableBuffer {
             .collect();
         self.columns.clear();
         self.by_name.clear();
+        self.shape.clear();
         self.rows = 0;
         self.bytes = 0;
         let mut arrays = Vec::with_capacity(schema.fields().len());

@@ -137,9 +137,13 @@ struct Slot {
 struct Round {
     next: Vec<i64>,
     committed: Vec<i64>,
-    /// Database → table name → slot: looked up by the names of each record as borrowed, so a
-    /// row costs no allocation to find its table.
-    tables: HashMap<String, HashMap<String, Slot>>,
+    /// Every table opened this round.
+    slots: Vec<Slot>,
+    /// Database → table name → index in `slots`: looked up by the names of each record as
+    /// borrowed, so a row costs no allocation to find its table.
+    tables: HashMap<String, HashMap<String, usize>>,
+    /// The database, table and slot of the last row: consecutive rows mostly share a table.
+    last: Option<(String, String, usize)>,
     oldest_pending: Option<Instant>,
     app_ids: Vec<String>,
     /// Once asked to stop: the end of each partition then, which the round reads up to.
@@ -213,7 +217,9 @@ impl Sink {
         let mut round = Round {
             committed: next.clone(),
             next,
+            slots: Vec::new(),
             tables: HashMap::new(),
+            last: None,
             oldest_pending: None,
             app_ids: (0..partitions).map(|p| app_id(topic, p)).collect(),
             drain_to: None,
@@ -282,17 +288,12 @@ impl Sink {
     }
 
     fn full(&self, round: &Round) -> bool {
-        let (rows, bytes) =
-            round
-                .tables
-                .values()
-                .flat_map(HashMap::values)
-                .fold((0, 0), |(rows, bytes), slot| {
-                    (
-                        rows + slot.pending.buffer.rows(),
-                        bytes + slot.pending.buffer.bytes(),
-                    )
-                });
+        let (rows, bytes) = round.slots.iter().fold((0, 0), |(rows, bytes), slot| {
+            (
+                rows + slot.pending.buffer.rows(),
+                bytes + slot.pending.buffer.bytes(),
+            )
+        });
         rows >= self.config.rows_max || bytes >= self.config.bytes_max
     }
 
@@ -366,33 +367,20 @@ impl Sink {
                 };
                 let db = db.as_ref();
                 let measurement = line.measurement.as_ref();
-                let opened = round
-                    .tables
-                    .get(db)
-                    .is_some_and(|tables| tables.contains_key(measurement));
-                if !opened {
-                    let dir = self
-                        .config
-                        .lake_dir
-                        .join(names::encode(db))
-                        .join(names::encode(measurement));
-                    let table =
-                        Table::open(&dir, measurement, self.config.zstd_level, &round.app_ids)
-                            .await?;
-                    round.tables.entry(db.to_owned()).or_default().insert(
-                        measurement.to_owned(),
-                        Slot {
-                            table,
-                            pending: Pending::default(),
-                        },
-                    );
-                }
-                let slot = round
-                    .tables
-                    .get_mut(db)
-                    .and_then(|tables| tables.get_mut(measurement))
-                    .expect("opened above");
-                if slot.table.holds(&app, record.offset) {
+                let index = match &round.last {
+                    Some((last_db, last_table, index))
+                        if last_db == db && last_table == measurement =>
+                    {
+                        *index
+                    }
+                    _ => {
+                        let index = self.slot(round, db, measurement).await?;
+                        round.last = Some((db.to_owned(), measurement.to_owned(), index));
+                        index
+                    }
+                };
+                let slot = &mut round.slots[index];
+                if slot.table.holds(partition, record.offset) {
                     self.counters.rows_skipped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -433,10 +421,43 @@ impl Sink {
         Ok(())
     }
 
+    /// The slot of table `measurement` of `db`, opening the table if this round has not.
+    async fn slot(
+        &self,
+        round: &mut Round,
+        db: &str,
+        measurement: &str,
+    ) -> Result<usize, LakeError> {
+        if let Some(index) = round
+            .tables
+            .get(db)
+            .and_then(|tables| tables.get(measurement))
+        {
+            return Ok(*index);
+        }
+        let dir = self
+            .config
+            .lake_dir
+            .join(names::encode(db))
+            .join(names::encode(measurement));
+        let table = Table::open(&dir, measurement, self.config.zstd_level, &round.app_ids).await?;
+        round.slots.push(Slot {
+            table,
+            pending: Pending::default(),
+        });
+        let index = round.slots.len() - 1;
+        round
+            .tables
+            .entry(db.to_owned())
+            .or_default()
+            .insert(measurement.to_owned(), index);
+        Ok(index)
+    }
+
     /// Commits every table's rows, then the group's offsets.
     async fn commit(&self, round: &mut Round) -> Result<(), LakeError> {
         round.oldest_pending = None;
-        for slot in round.tables.values_mut().flat_map(HashMap::values_mut) {
+        for slot in &mut round.slots {
             if slot.pending.positions.is_empty() {
                 continue;
             }

@@ -34,8 +34,10 @@ pub struct Table {
     writer: RecordBatchWriter,
     /// Name as sent → kind, for every sender's column the table has.
     known: HashMap<String, ColumnKind>,
-    /// App id → the last offset the table holds of that log partition.
-    held: HashMap<String, i64>,
+    /// The app id of each log partition, by partition number.
+    app_ids: Vec<String>,
+    /// By partition number: the last offset the table holds of that log partition.
+    held: Vec<Option<i64>>,
     zstd_level: i32,
 }
 
@@ -111,18 +113,17 @@ impl Table {
                 .await
                 .map_err(error)?;
         }
-        let mut held = HashMap::new();
+        let mut held = Vec::with_capacity(app_ids.len());
         {
             let snapshot = table.snapshot().map_err(error)?;
             let log_store = table.log_store();
             for app in app_ids {
-                if let Some(offset) = snapshot
-                    .transaction_version(log_store.as_ref(), app)
-                    .await
-                    .map_err(error)?
-                {
-                    held.insert(app.clone(), offset);
-                }
+                held.push(
+                    snapshot
+                        .transaction_version(log_store.as_ref(), app)
+                        .await
+                        .map_err(error)?,
+                );
             }
         }
         let writer = new_writer(&table, zstd_level).map_err(error)?;
@@ -131,6 +132,7 @@ impl Table {
             table,
             writer,
             known: HashMap::new(),
+            app_ids: app_ids.to_vec(),
             held,
             zstd_level,
         };
@@ -167,9 +169,22 @@ impl Table {
         self.known.get(name).copied()
     }
 
-    /// Whether the table already holds `offset` of the log partition `app`.
-    pub fn holds(&self, app: &str, offset: i64) -> bool {
-        self.held.get(app).is_some_and(|held| offset <= *held)
+    /// Whether the table already holds `offset` of log partition `partition`.
+    pub fn holds(&self, partition: u32, offset: i64) -> bool {
+        self.held
+            .get(partition as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|held| offset <= held)
+    }
+
+    /// Notes that the table now holds each position (app id → offset).
+    fn note_held(&mut self, positions: &BTreeMap<String, i64>) {
+        for (app, offset) in positions {
+            if let Some(index) = self.app_ids.iter().position(|known| known == app) {
+                self.held[index] = Some(*offset);
+            }
+        }
     }
 
     /// Writes the buffer's rows and commits them with `positions` (app id → last offset now
@@ -213,9 +228,7 @@ impl Table {
             std::mem::replace(&mut self.writer, fresh).with_commit_properties(properties);
         writer.write(batch).await.map_err(error)?;
         let Err(commit_error) = writer.flush_and_commit(&mut self.table).await else {
-            for (app, offset) in positions {
-                self.held.insert(app.clone(), *offset);
-            }
+            self.note_held(positions);
             return Ok(());
         };
         // The commit may have landed before a later step of it failed: the table's own record
@@ -235,9 +248,7 @@ impl Table {
         if !landed {
             return Err(table_error(&self.dir, commit_error));
         }
-        for (app, offset) in positions {
-            self.held.insert(app.clone(), *offset);
-        }
+        self.note_held(positions);
         Ok(())
     }
 
