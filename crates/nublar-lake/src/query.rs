@@ -199,7 +199,14 @@ async fn register(context: &SessionContext, name: &str, dir: &Path) -> Result<()
     let engine = |error: deltalake::datafusion::error::DataFusionError| {
         QueryError::Lake(format!("table {}: {error}", dir.display()))
     };
-    let provider = table.table_provider().await.map_err(engine)?;
+    // The scan takes its settings from this session, not delta-rs's own defaults: those push
+    // every filter into the Parquet reader row by row, which costs more than it saves when a
+    // filter keeps a sizeable share of the rows.
+    let provider = table
+        .table_provider()
+        .with_session(Arc::new(context.state()))
+        .await
+        .map_err(engine)?;
     let frame = context.read_table(provider).map_err(engine)?;
     let columns: Vec<_> = frame
         .schema()

@@ -37,6 +37,10 @@ pub struct QueryBenchArgs {
     /// Skip the DuckDB comparison (it needs `python3 -m pip install duckdb deltalake`).
     #[arg(long)]
     no_duckdb: bool,
+    /// Keep the node's data directory (printed at the end) for more queries, instead of
+    /// deleting it.
+    #[arg(long)]
+    keep: bool,
 }
 
 const QUERIES: [&str; 2] = [
@@ -187,6 +191,13 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
                 }
             );
         }
+    }
+    if args.keep {
+        let kept = root.keep();
+        println!(
+            "the node's data is kept: nublar query --data {} \"SELECT …\"",
+            kept.join("node").display()
+        );
     }
     Ok(())
 }

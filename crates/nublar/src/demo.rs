@@ -99,14 +99,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .args(["--duration", &args.duration.to_string()])
         .args(["--batch", "1000", "--concurrency", "4"])
         .args(["--malformed", "0.001", "--out-of-order", "0.01"])
-        .args(["--stage-breach", &(args.duration / 2.0).to_string()])
+        .args(["--stage-breach", &(args.duration / 10.0).to_string()])
         .stdout(std::fs::File::create(dir.join("sim.log"))?)
         .stderr(Stdio::null())
         .spawn()
         .context("starting the simulator")?;
     let mut sim = ChildGuard(sim);
     println!(
-        "the simulator sends {} events/s for {} s (0.1% malformed, a fence breach half way)",
+        "the simulator sends {} events/s for {} s (0.1% malformed, a fence breach a tenth of the way in)",
         args.rate, args.duration
     );
     let started = Instant::now();
