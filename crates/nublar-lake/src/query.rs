@@ -33,7 +33,8 @@ use crate::names;
 pub struct QueryConfig {
     /// A query still running after this is cancelled.
     pub time_limit: Duration,
-    /// The largest result, in Arrow memory, a query may return.
+    /// The largest result a query may return, in memory and as written out
+    /// ([`render_within`]).
     pub result_bytes_max: usize,
     /// Memory the engine's operators (sorts, joins, aggregates) may hold at once.
     pub memory_bytes_max: usize,
@@ -227,13 +228,42 @@ async fn register(context: &SessionContext, name: &str, dir: &Path) -> Result<()
     Ok(())
 }
 
+/// Rows at most in the `table` format: it lays out the whole result at once, in columns
+/// as wide as their widest value.
+pub const TABLE_ROWS_MAX: usize = 100_000;
+
 /// Writes `result` in `format`.
 pub fn render(result: &QueryResult, format: Format) -> Result<Vec<u8>, QueryError> {
+    render_within(result, format, usize::MAX)
+}
+
+/// Writes `result` in `format`, refusing (`TooLarge`) once the output passes `bytes_max`:
+/// text can be many times the size of the same values in memory (a boolean is one bit there
+/// and six bytes of JSON).
+pub fn render_within(
+    result: &QueryResult,
+    format: Format,
+    bytes_max: usize,
+) -> Result<Vec<u8>, QueryError> {
     let arrow = |error: deltalake::arrow::error::ArrowError| QueryError::Sql(error.to_string());
+    let too_large = |written: usize| {
+        if written > bytes_max {
+            Err(QueryError::TooLarge(bytes_max))
+        } else {
+            Ok(())
+        }
+    };
     let batches: Vec<&RecordBatch> = result.batches.iter().collect();
     let mut out = Vec::new();
     match format {
         Format::Table => {
+            if result.rows() > TABLE_ROWS_MAX {
+                return Err(QueryError::Sql(format!(
+                    "{} rows are too many for the table format (at most {TABLE_ROWS_MAX}): \
+                     use csv, json, jsonl or parquet",
+                    result.rows()
+                )));
+            }
             let table = deltalake::arrow::util::pretty::pretty_format_batches_with_schema(
                 result.schema.clone(),
                 &result.batches,
@@ -242,13 +272,16 @@ pub fn render(result: &QueryResult, format: Format) -> Result<Vec<u8>, QueryErro
             out = format!("{table}\n").into_bytes();
         }
         Format::Csv => {
-            let mut writer = deltalake::arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut out);
-            for batch in batches {
-                writer.write(batch).map_err(arrow)?;
+            // A writer per batch, so that the output's size can be checked between them; only
+            // the first writes the header.
+            for (index, batch) in batches.into_iter().enumerate() {
+                deltalake::arrow::csv::WriterBuilder::new()
+                    .with_header(index == 0)
+                    .build(&mut out)
+                    .write(batch)
+                    .map_err(arrow)?;
+                too_large(out.len())?;
             }
-            drop(writer);
             if result.batches.is_empty() {
                 // The CSV writer writes its header with the first batch; an empty result
                 // still names its columns.
@@ -263,14 +296,20 @@ pub fn render(result: &QueryResult, format: Format) -> Result<Vec<u8>, QueryErro
         }
         Format::Json => {
             let mut writer = deltalake::arrow::json::ArrayWriter::new(&mut out);
-            writer.write_batches(&batches).map_err(arrow)?;
+            for batch in batches {
+                writer.write(batch).map_err(arrow)?;
+                too_large(writer.get_ref().len())?;
+            }
             writer.finish().map_err(arrow)?;
             drop(writer);
             out.push(b'\n');
         }
         Format::Jsonl => {
             let mut writer = deltalake::arrow::json::LineDelimitedWriter::new(&mut out);
-            writer.write_batches(&batches).map_err(arrow)?;
+            for batch in batches {
+                writer.write(batch).map_err(arrow)?;
+                too_large(writer.get_ref().len())?;
+            }
             writer.finish().map_err(arrow)?;
         }
         Format::Parquet => {
@@ -286,11 +325,13 @@ pub fn render(result: &QueryResult, format: Format) -> Result<Vec<u8>, QueryErro
                 writer
                     .write(batch)
                     .map_err(|error| QueryError::Sql(error.to_string()))?;
+                too_large(writer.bytes_written())?;
             }
             writer
                 .close()
                 .map_err(|error| QueryError::Sql(error.to_string()))?;
         }
     }
+    too_large(out.len())?;
     Ok(out)
 }

@@ -202,15 +202,26 @@ impl Sink {
                 .committed(&self.config.group, topic, partition)
                 .await
                 .map_err(LakeError::Bus)?;
+            let first = self
+                .bus
+                .offsets(topic, partition)
+                .await
+                .map_err(LakeError::Bus)?
+                .start;
             let start = match committed {
-                Some(offset) => offset,
-                None => {
-                    self.bus
-                        .offsets(topic, partition)
-                        .await
-                        .map_err(LakeError::Bus)?
-                        .start
+                // An operator reclaimed the log's space past what the lake had read
+                // (`nublar log reclaim`): those records are gone, and the log says how many.
+                Some(offset) if offset < first => {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        lost = first - offset,
+                        "records the lake had not read were reclaimed from the log; going on from its start"
+                    );
+                    first
                 }
+                Some(offset) => offset,
+                None => first,
             };
             next.push(start);
         }

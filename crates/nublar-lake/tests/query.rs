@@ -231,4 +231,34 @@ async fn queries_only_read_and_stay_within_their_bounds() {
         "{:?}",
         large.err()
     );
+    // Written out, a result can be many times its size in memory: the bound holds there too.
+    let booleans = run(
+        &lab,
+        "SELECT value % 2 = 0 AS even FROM generate_series(1, 20000)",
+    )
+    .await
+    .unwrap();
+    let held = booleans
+        .batches
+        .iter()
+        .map(|batch| batch.get_array_memory_size())
+        .sum::<usize>();
+    for format in [Format::Csv, Format::Json, Format::Jsonl, Format::Parquet] {
+        let written = query::render(&booleans, format).unwrap().len();
+        assert!(
+            matches!(
+                query::render_within(&booleans, format, written / 2),
+                Err(QueryError::TooLarge(_))
+            ),
+            "{format:?}: {written} bytes written, {held} held"
+        );
+        assert!(query::render_within(&booleans, format, written).is_ok());
+    }
+    let many = run(&lab, "SELECT value FROM generate_series(1, 100001)")
+        .await
+        .unwrap();
+    assert!(matches!(
+        query::render(&many, Format::Table),
+        Err(QueryError::Sql(message)) if message.contains("table format")
+    ));
 }

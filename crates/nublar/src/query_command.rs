@@ -37,6 +37,9 @@ pub struct QueryArgs {
     /// Cancel the query after this many seconds.
     #[arg(long, default_value_t = 30.0)]
     time_limit_seconds: f64,
+    /// Refuse a result larger than this, in memory or as written.
+    #[arg(long, default_value_t = QueryConfig::default().result_bytes_max)]
+    result_bytes_max: usize,
 }
 
 pub fn run(data: &Path, args: QueryArgs) -> anyhow::Result<()> {
@@ -55,6 +58,7 @@ pub fn run(data: &Path, args: QueryArgs) -> anyhow::Result<()> {
     let lake = data.join("lake");
     let config = QueryConfig {
         time_limit: std::time::Duration::from_secs_f64(args.time_limit_seconds),
+        result_bytes_max: args.result_bytes_max,
         ..QueryConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -68,7 +72,7 @@ pub fn run(data: &Path, args: QueryArgs) -> anyhow::Result<()> {
         Err(QueryError::Sql(message)) => anyhow::bail!("{message}"),
         Err(error) => return Err(error.into()),
     };
-    let bytes = nublar_lake::query::render(&result, format)?;
+    let bytes = nublar_lake::query::render_within(&result, format, config.result_bytes_max)?;
     match &args.output {
         Some(path) => {
             std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
@@ -200,7 +204,7 @@ async fn answer(
     let ran = service.runtime.spawn(async move {
         let _permit = permit;
         let result = nublar_lake::query::query(&lake_dir, &db, &sql, &config).await?;
-        let bytes = nublar_lake::query::render(&result, format)?;
+        let bytes = nublar_lake::query::render_within(&result, format, config.result_bytes_max)?;
         Ok::<_, QueryError>(bytes)
     });
     match ran.await {

@@ -97,10 +97,26 @@ pub fn run(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(data, args))
+    // Queries and table maintenance scan and rewrite files for seconds at a time; on a runtime
+    // of their own they never hold a thread that ingest's acknowledgements wait for. Made and
+    // ended here, outside any async context, whichever way `serve` returns.
+    let lake_work = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("nublar-lake-work")
+        .enable_all()
+        .build()
+        .context("starting the query runtime")?;
+    let served = runtime.block_on(serve(data, args, lake_work.handle().clone()));
+    // A compaction cut short leaves only files no version refers to, which vacuum removes.
+    lake_work.shutdown_background();
+    served
 }
 
-async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(
+    data: &Path,
+    args: ServeArgs,
+    lake_work: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
     let node = args.node_config()?;
     let ingest = node.ingest()?;
     let log_dir = data.join("log");
@@ -126,14 +142,6 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let bfd = start_bfd(&node).await?.map(Arc::new);
     let query_config = node.query.query_config()?;
     let maintenance = node.lake.maintenance()?;
-    // Queries and table maintenance scan and rewrite files for seconds at a time; on a runtime
-    // of their own they never hold a thread that ingest's acknowledgements wait for.
-    let lake_work = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("nublar-lake-work")
-        .enable_all()
-        .build()
-        .context("starting the query runtime")?;
     let (stop_maintenance, maintenance_stopped) = tokio::sync::watch::channel(false);
     if let Some(maintenance) = maintenance {
         lake_work.spawn(crate::lake_command::maintain(
@@ -193,14 +201,14 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
                     lake_dir: data.join("lake"),
                     config: query_config,
                     permits: Arc::new(tokio::sync::Semaphore::new(node.query.concurrency_max)),
-                    runtime: lake_work.handle().clone(),
+                    runtime: lake_work.clone(),
                 },
             ))
             .merge(crate::lake_command::routes(
                 crate::lake_command::LakeOperator {
                     gateway: gateway.clone(),
                     lake: data.join("lake"),
-                    runtime: lake_work.handle().clone(),
+                    runtime: lake_work.clone(),
                 },
             ));
         tokio::spawn(async move {
@@ -247,8 +255,6 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let _ = stop_maintenance.send(true);
-    // A compaction cut short leaves only files no version refers to, which vacuum removes.
-    lake_work.shutdown_background();
     if let Some((stop_lake, lake_task)) = lake {
         // Everything acknowledged is in the log; what the sink still buffers is committed now,
         // and what it had not read yet it reads at the next start.
@@ -294,7 +300,10 @@ fn start_lake(
     let guard = tokio::spawn(guard_lake_lag(
         bus.clone(),
         gateway.clone(),
-        telemetry.clone(),
+        [&telemetry, &dead_letters]
+            .iter()
+            .map(|sink| (sink.topic.clone(), sink.group.clone()))
+            .collect(),
         node.lake.lag_events_max,
         lag.clone(),
     ));
@@ -319,7 +328,16 @@ fn start_lake(
         .into_iter()
         .map(|sink| {
             let stopped = stopped.clone();
-            tokio::spawn(async move { sink.run(stopped).await })
+            tokio::spawn(async move {
+                let result = sink.run(stopped).await;
+                // Said at once, not at shutdown: a sink that has ended leaves its topic growing
+                // until the lag guard (or the disk quota) stops writes.
+                if let Err(error) = &result {
+                    tracing::error!(topic = sink.topic(), %error, "a lake sink stopped");
+                    eprintln!("lake sink of {} stopped: {error}", sink.topic());
+                }
+                result
+            })
         })
         .collect();
     let task = tokio::spawn(async move {
@@ -344,32 +362,35 @@ fn start_lake(
 /// How often the node compares the log's end with what the lake has committed.
 const LAKE_LAG_CHECK: Duration = Duration::from_millis(200);
 
-/// Holds the gateway's writes back while the lake sink is more than `max` events behind the
-/// log (0: never), and takes them again below 90% of it, so that a lake that cannot keep up
+/// Holds the gateway's writes back while the lake sinks are more than `max` records behind
+/// their topics (0: never), and takes them again below 90% of it, so that a lake that cannot keep up
 /// (or cannot write at all) turns into 503s instead of a log filling the disk.
 async fn guard_lake_lag(
     bus: Arc<dyn Bus>,
     gateway: Gateway,
-    config: nublar_lake::SinkConfig,
+    sinks: Vec<(String, String)>,
     max: u64,
     lag: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut held = false;
     loop {
         tokio::time::sleep(LAKE_LAG_CHECK).await;
-        let Ok(partitions) = bus.partitions(&config.topic).await else {
-            continue;
-        };
+        // Every sink's topic counts: each holds its topic's retention until it has committed.
         let mut behind = 0u64;
-        for partition in 0..partitions {
-            let (Ok(offsets), Ok(committed)) = (
-                bus.offsets(&config.topic, partition).await,
-                bus.committed(&config.group, &config.topic, partition).await,
-            ) else {
+        for (topic, group) in &sinks {
+            let Ok(partitions) = bus.partitions(topic).await else {
                 continue;
             };
-            let from = committed.unwrap_or(offsets.start).max(offsets.start);
-            behind += offsets.end.saturating_sub(from).max(0) as u64;
+            for partition in 0..partitions {
+                let (Ok(offsets), Ok(committed)) = (
+                    bus.offsets(topic, partition).await,
+                    bus.committed(group, topic, partition).await,
+                ) else {
+                    continue;
+                };
+                let from = committed.unwrap_or(offsets.start).max(offsets.start);
+                behind += offsets.end.saturating_sub(from).max(0) as u64;
+            }
         }
         lag.store(behind, std::sync::atomic::Ordering::Relaxed);
         if max == 0 {
@@ -380,7 +401,7 @@ async fn guard_lake_lag(
             gateway.hold_back(Some(format!(
                 "the lake is {behind} events behind the log (lake.lag_events_max = {max})"
             )));
-        } else if held && behind <= max / 10 * 9 {
+        } else if held && behind <= max - max / 10 {
             held = false;
             gateway.hold_back(None);
         }
