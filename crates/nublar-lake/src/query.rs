@@ -61,7 +61,7 @@ pub enum QueryError {
         "the result is larger than {0} bytes; ask for fewer rows (LIMIT, WHERE) or fewer columns"
     )]
     TooLarge(usize),
-    /// A table could not be opened.
+    /// A table could not be opened or its files read: the lake's fault, not the query's.
     #[error("{0}")]
     Lake(String),
 }
@@ -152,18 +152,16 @@ async fn run(
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    let sql_error =
-        |error: deltalake::datafusion::error::DataFusionError| QueryError::Sql(error.to_string());
     let frame = context
         .sql_with_options(sql, options)
         .await
-        .map_err(sql_error)?;
+        .map_err(engine_error)?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let mut stream = frame.execute_stream().await.map_err(sql_error)?;
+    let mut stream = frame.execute_stream().await.map_err(engine_error)?;
     let mut batches = Vec::new();
     let mut bytes = 0usize;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(sql_error)?;
+        let batch = batch.map_err(engine_error)?;
         bytes += batch.get_array_memory_size();
         if bytes > config.result_bytes_max {
             return Err(QueryError::TooLarge(config.result_bytes_max));
@@ -174,6 +172,19 @@ async fn run(
     // the one they match (the plan's may differ in nullability or metadata).
     let schema = batches.first().map_or(schema, RecordBatch::schema);
     Ok(QueryResult { schema, batches })
+}
+
+/// The engine's error as the query's: the files' fault (unreadable, missing, I/O) is the
+/// lake's, anything else (the SQL, its types, its values) the query's.
+fn engine_error(error: deltalake::datafusion::error::DataFusionError) -> QueryError {
+    use deltalake::datafusion::error::DataFusionError;
+    match error.find_root() {
+        DataFusionError::ParquetError(_)
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::IoError(_)
+        | DataFusionError::External(_) => QueryError::Lake(error.to_string()),
+        _ => QueryError::Sql(error.to_string()),
+    }
 }
 
 fn context(config: &QueryConfig) -> Result<SessionContext, QueryError> {
