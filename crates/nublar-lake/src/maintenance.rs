@@ -122,7 +122,8 @@ pub fn table_dirs(
     Ok(tables)
 }
 
-async fn open(dir: &Path) -> Result<Option<DeltaTable>, LakeError> {
+/// The table in `dir` at its latest version; `None` when it was never created.
+pub(crate) async fn open(dir: &Path) -> Result<Option<DeltaTable>, LakeError> {
     let error = delta_error(dir);
     let url = deltalake::ensure_table_uri(dir.to_string_lossy()).map_err(&error)?;
     let table = DeltaTable::try_from_url(url).await.map_err(&error)?;

@@ -15,7 +15,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deltalake::DeltaTable;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::common::TableReference;
@@ -200,14 +199,12 @@ fn context(config: &QueryConfig) -> Result<SessionContext, QueryError> {
 
 /// Registers the table in `dir` as `name`, with every column under its name as sent.
 async fn register(context: &SessionContext, name: &str, dir: &Path) -> Result<(), QueryError> {
-    let lake = |error: deltalake::DeltaTableError| {
-        QueryError::Lake(format!("table {}: {error}", dir.display()))
-    };
-    let url = deltalake::ensure_table_uri(dir.to_string_lossy()).map_err(lake)?;
-    let table = DeltaTable::try_from_url(url).await.map_err(lake)?;
-    if table.version().is_none() {
+    let Some(table) = crate::maintenance::open(dir)
+        .await
+        .map_err(|error| QueryError::Lake(error.to_string()))?
+    else {
         return Ok(());
-    }
+    };
     let engine = |error: deltalake::datafusion::error::DataFusionError| {
         QueryError::Lake(format!("table {}: {error}", dir.display()))
     };

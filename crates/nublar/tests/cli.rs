@@ -12,6 +12,18 @@ fn nublar(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Whether a benchmark's output shows its DuckDB comparison (`marker`); under `CI=true`, where
+/// DuckDB is installed, it must.
+fn duckdb_ran(text: &str, marker: &str) -> bool {
+    let ran = text.contains(marker);
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(ran, "DuckDB is installed under CI: {text}");
+    } else if !ran {
+        eprintln!("DuckDB comparison skipped: {text}");
+    }
+    ran
+}
+
 fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
@@ -329,12 +341,7 @@ fn the_lake_benchmark_measures_the_sink_beside_duckdb_and_cleans_up() {
         text.contains("sink: 20000 rows into committed Delta (zstd)"),
         "{text}"
     );
-    let duckdb = text.contains("DuckDB CSV -> zstd Parquet, same rows, same run: ");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        assert!(duckdb, "DuckDB is installed under CI: {text}");
-    } else if !duckdb {
-        eprintln!("DuckDB comparison skipped: {text}");
-    }
+    duckdb_ran(&text, "DuckDB CSV -> zstd Parquet, same rows, same run: ");
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
 
@@ -387,14 +394,8 @@ fn the_query_benchmark_fills_a_node_and_compares_with_duckdb() {
     let answer: serde_json::Value = serde_json::from_str(count).unwrap();
     let over_30 = answer[0]["count(*)"].as_u64().unwrap();
     assert!(over_30 > 0 && over_30 < 30000, "{text}");
-    let duckdb = text.contains("DuckDB over the same files");
-    if duckdb {
+    if duckdb_ran(&text, "DuckDB over the same files") {
         assert_eq!(text.matches("same answer: yes").count(), 2, "{text}");
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        assert!(duckdb, "DuckDB is installed under CI: {text}");
-    } else if !duckdb {
-        eprintln!("DuckDB comparison skipped: {text}");
     }
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }

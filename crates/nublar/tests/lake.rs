@@ -60,6 +60,36 @@ fn start(data: &Path) -> NodeProcess {
     start_node(data, "[lake]\ncommit_interval_ms = 200\n", "127.0.0.1:0")
 }
 
+/// `nublar --data dir …`, run to its end.
+fn nublar(dir: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nublar"))
+        .args(["--data", dir])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// What `nublar --data dir …` printed; it must succeed.
+fn nublar_ok(dir: &str, args: &[&str]) -> String {
+    let output = nublar(dir, args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The simulator ended well and says every one of `events` was acknowledged.
+fn assert_all_acknowledged(sim: &std::process::Output, events: u64) {
+    let summary = String::from_utf8_lossy(&sim.stdout);
+    assert!(sim.status.success(), "{summary}");
+    assert!(
+        summary.contains(&format!("{events} events sent, {events} acknowledged")),
+        "{summary}"
+    );
+}
+
 /// Every table under `lake/park` as the `deltalake` package reads it: name, rows, distinct
 /// values of the unique field, and their sum.
 const READ_TABLES: &str = r#"
@@ -119,12 +149,7 @@ fn the_deltalake_python_package_reads_every_acknowledged_event_once() {
         .args(["--unique-field", "uid"])
         .output()
         .unwrap();
-    let summary = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{summary}");
-    assert!(
-        summary.contains(&format!("{events} events sent, {events} acknowledged")),
-        "{summary}"
-    );
+    assert_all_acknowledged(&output, events);
     // A drain commits what the sink still holds.
     node.signal(libc::SIGTERM);
     assert!(node.wait_exit(Duration::from_secs(30)).success());
@@ -289,13 +314,7 @@ fn queries_answer_over_the_api_and_the_command_line_and_lake_commands_ask_the_no
     assert_eq!(status, 400);
 
     // The command line reads the same tables, beside the running node.
-    let nublar = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_nublar"))
-            .args(["--data", dir])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let nublar = |args: &[&str]| nublar(dir, args);
     let output = nublar(&["query", "--format", "jsonl", sql]);
     assert!(
         output.status.success(),
@@ -425,17 +444,16 @@ fn a_lake_that_cannot_keep_up_holds_writes_back_until_it_catches_up() {
     }
     node.signal(libc::SIGTERM);
     assert!(node.wait_exit(Duration::from_secs(30)).success());
-    let output = Command::new(env!("CARGO_BIN_EXE_nublar"))
-        .args(["query", "--data", dir, "--format", "csv"])
-        .arg("SELECT count(*) AS n, count(DISTINCT n) AS distinct_n FROM gate WHERE n < 1000")
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout),
-        "n,distinct_n\n150,150\n",
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let counted = nublar_ok(
+        dir,
+        &[
+            "query",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n, count(DISTINCT n) AS distinct_n FROM gate WHERE n < 1000",
+        ],
     );
+    assert_eq!(counted, "n,distinct_n\n150,150\n");
 }
 
 /// A port nothing listens on now, for a node that must come back at the same address.
@@ -491,29 +509,18 @@ fn the_lake_holds_every_event_once_across_sigkills_during_ingest() {
         node = start();
     }
     let output = sim.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{summary}");
-    assert!(
-        summary.contains(&format!("{events} events sent, {events} acknowledged")),
-        "{summary}"
-    );
+    assert_all_acknowledged(&output, events);
     node.signal(libc::SIGTERM);
     assert!(node.wait_exit(Duration::from_secs(30)).success());
     let sql = "SELECT count(*) AS n, count(DISTINCT uid) AS distinct_uid, sum(uid) AS sum_uid FROM \
                (SELECT uid FROM collar UNION ALL SELECT uid FROM weather \
                 UNION ALL SELECT uid FROM fence UNION ALL SELECT uid FROM gate)";
-    let counted = Command::new(env!("CARGO_BIN_EXE_nublar"))
-        .args(["query", "--data", dir, "--format", "csv", sql])
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&counted.stdout),
+        nublar_ok(dir, &["query", "--format", "csv", sql]),
         format!(
             "n,distinct_uid,sum_uid\n{events},{events},{}\n",
             events * (events - 1) / 2
-        ),
-        "{}",
-        String::from_utf8_lossy(&counted.stderr)
+        )
     );
 }
 
@@ -543,19 +550,7 @@ fn the_lake_gives_each_column_the_type_the_schema_registry_gave_it() {
     node.signal(libc::SIGTERM);
     assert!(node.wait_exit(Duration::from_secs(30)).success());
 
-    let nublar = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_nublar"))
-            .args(["--data", dir])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let nublar = |args: &[&str]| nublar_ok(dir, args);
     let mut registered = std::collections::BTreeMap::new();
     for line in nublar(&["log", "tail", "_schemas", "-n", "100"]).lines() {
         let Some(start) = line.find('{') else {
@@ -620,12 +615,8 @@ fn the_node_compacts_and_checkpoints_its_tables_in_the_background() {
         "127.0.0.1:0",
     );
     let tables = || {
-        let output = Command::new(env!("CARGO_BIN_EXE_nublar"))
-            .args(["lake", "tables", "--json", "--data", dir])
-            .output()
-            .unwrap();
-        let text = String::from_utf8(output.stdout).unwrap();
-        text.lines()
+        nublar_ok(dir, &["lake", "tables", "--json"])
+            .lines()
             .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
             .find(|table| table["measurement"] == "gate")
     };
