@@ -3,13 +3,12 @@
 //! batch to one partition of the `telemetry` topic through the bus, and
 //! answering only once the batch has the topic's guarantee.
 //!
-//! What a batch holds (the stored value format): one record per accepted
-//! line, its value the line in canonical line protocol (escapes normalised,
+//! What a batch holds: one record per accepted line or event, its value the
+//! event in the stored layout of `nublar_model::stored` (parsed once here,
 //! the timestamp always present, in nanoseconds), no key. The first record
 //! carries the batch's headers: `db` (the database), `sender` (the client's
 //! address; IPv4-mapped IPv6 shown as IPv4) and, when the client sent an
-//! `Idempotency-Key`, the batch key `<db>/<key>`. Whether the lake sink keeps
-//! this format or a binary one is decided when the sink is measured.
+//! `Idempotency-Key`, the batch key `<db>/<key>`.
 //!
 //! The schema registry (`schema.rs`): topic `_schemas`, one partition, no
 //! retention, one JSON record per column the first time a database's

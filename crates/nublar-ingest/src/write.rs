@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nublar_bus::{BatchBuilder, BusError, Compression};
-use nublar_model::{ParseLimits, Precision, parse_lines, write_line};
+use nublar_model::{ParseLimits, Precision, parse_lines, stored};
 use serde_json::json;
 
 use crate::limits::{
@@ -462,8 +462,8 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
                 continue;
             }
             line_buffer.clear();
-            write_line(line, &mut line_buffer);
-            let value = line_buffer.strip_suffix(b"\n").unwrap_or(&line_buffer);
+            stored::encode(line, &mut line_buffer);
+            let value = line_buffer.as_slice();
             if builder.is_empty() {
                 builder.push(
                     None,

@@ -35,7 +35,7 @@ async fn stored(bus: &Arc<dyn Bus>) -> Vec<(String, String, String)> {
                         |name| String::from_utf8(record.header(name).unwrap().to_vec()).unwrap();
                     batch_headers = (header("db"), header("sender"));
                 }
-                let value = String::from_utf8(record.value.to_vec()).unwrap();
+                let value = common::value_text(TELEMETRY_TOPIC, record.value);
                 out.push((batch_headers.0.clone(), batch_headers.1.clone(), value));
             }
         }

@@ -3,9 +3,10 @@
 //! processor's output) becomes one table per database with the columns its [`JsonTable`] names.
 //!
 //! The sink reads every partition of its topic from its consumer group's offsets, turns each
-//! record (for telemetry, one event as canonical line protocol, with the database and sender in
-//! the headers of its batch's first record) into a row of its table's buffer, and commits when the oldest
-//! buffered row has waited `commit_interval`, or the buffers reach `rows_max` or `bytes_max`.
+//! record (for telemetry, one event in the stored layout of `nublar_model::stored`, with the
+//! database and sender in the headers of its batch's first record) into a row of its table's
+//! buffer, and commits when the oldest buffered row has waited `commit_interval`, or the
+//! buffers reach `rows_max` or `bytes_max`.
 //! A commit writes each table's rows with the last offset of each partition it now holds, in the
 //! same Delta transaction; only when every table has committed does the group commit its
 //! offsets. After a crash anywhere in between, the sink starts from the group's offsets and
@@ -23,9 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nublar_bus::{Bus, BusError, ReadBatches, Start};
-use nublar_model::{
-    Field, FieldType, FieldValue, ParseLimits, ParsedLine, Precision, Tag, parse_lines,
-};
+use nublar_model::{Event, Field, FieldType, FieldValue, ParsedLine, Tag, stored};
 use tokio::sync::watch;
 
 use crate::LakeError;
@@ -36,10 +35,10 @@ use crate::table::{Table, app_id};
 /// How the records of a sink's topic become rows.
 #[derive(Clone, Debug)]
 pub enum RecordFormat {
-    /// One event per record as canonical line protocol, the database and the sender in the
-    /// headers (`db`, `sender`) of its batch's first record: the gateway's telemetry. The table
-    /// is the line's measurement.
-    LineProtocol,
+    /// One event per record in the stored layout (or, as written before it, canonical line
+    /// protocol), the database and the sender in the headers (`db`, `sender`) of its batch's
+    /// first record: the gateway's telemetry. The table is the event's measurement.
+    Events,
     /// One JSON object per record, a row of one table with fixed columns (the dead letters,
     /// a processor's output).
     Json(JsonTable),
@@ -86,7 +85,7 @@ impl SinkConfig {
     pub fn new(lake_dir: PathBuf) -> SinkConfig {
         SinkConfig {
             topic: "telemetry".into(),
-            format: RecordFormat::LineProtocol,
+            format: RecordFormat::Events,
             group: "lake".into(),
             lake_dir,
             commit_interval: Duration::from_secs(1),
@@ -110,7 +109,7 @@ pub struct SinkCounters {
     pub failed_rounds: AtomicU64,
     /// Values left out because their column has another type in the table.
     pub values_mismatched: AtomicU64,
-    /// Records that could not be made into a row (no database header, not a line).
+    /// Records that could not be made into a row (no database header, no readable event).
     pub records_unreadable: AtomicU64,
 }
 
@@ -348,6 +347,14 @@ impl Sink {
                 .map_err(|error| LakeError::Bus(BusError::Corruption(error.to_string())))?;
             let mut database: Option<String> = None;
             let mut sender: Option<String> = None;
+            // Each record of the batch is decoded into this one line, which keeps its lists.
+            let mut event = ParsedLine {
+                measurement: Cow::Borrowed(""),
+                tags: Vec::new(),
+                fields: Vec::new(),
+                timestamp_ns: None,
+            };
+            let mut json_row;
             for (index, record) in records.iter().enumerate() {
                 let record = record
                     .map_err(|error| LakeError::Bus(BusError::Corruption(error.to_string())))?;
@@ -365,10 +372,16 @@ impl Sink {
                     continue;
                 }
                 let decoded = match &self.config.format {
-                    RecordFormat::LineProtocol => {
-                        decode_line(record.value, database.as_deref(), sender.as_deref())
+                    RecordFormat::Events => database
+                        .as_deref()
+                        .filter(|_| stored::decode_into(record.value, &mut event).is_ok())
+                        .map(|db| (db, &event, sender.as_deref())),
+                    RecordFormat::Json(table) => {
+                        json_row = decode_json(record.value, table);
+                        json_row
+                            .as_ref()
+                            .map(|(db, line, sender)| (db.as_str(), line, sender.as_deref()))
                     }
-                    RecordFormat::Json(table) => decode_json(record.value, table),
                 };
                 let Some((db, line, row_sender)) = decoded else {
                     self.counters
@@ -376,7 +389,6 @@ impl Sink {
                         .fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                let db = db.as_ref();
                 let measurement = line.measurement.as_ref();
                 let index = match &round.last {
                     Some((last_db, last_table, index))
@@ -401,10 +413,10 @@ impl Sink {
                 let table = &slot.table;
                 let pending = &mut slot.pending;
                 pending.buffer.push(
-                    &line,
+                    line,
                     timestamp_ns,
                     &RowOrigin {
-                        sender: row_sender.as_deref(),
+                        sender: row_sender,
                         batch_key: batch_key.as_deref(),
                     },
                     |name| table.known(name),
@@ -499,28 +511,9 @@ impl Sink {
     }
 }
 
-/// A row of the telemetry topic: the database and sender from the batch's headers, the event
-/// from the record's line.
-fn decode_line<'r>(
-    value: &'r [u8],
-    database: Option<&'r str>,
-    sender: Option<&'r str>,
-) -> Option<(Cow<'r, str>, ParsedLine<'r>, Option<Cow<'r, str>>)> {
-    let db = database?;
-    let (_, parsed) = parse_lines(value, Precision::Ns, ParseLimits::default()).next()?;
-    Some((Cow::Borrowed(db), parsed.ok()?, sender.map(Cow::Borrowed)))
-}
-
 /// A row of a JSON topic. A member missing or of another type is a null in its column; a
 /// record without its database or time is no row.
-fn decode_json(
-    value: &[u8],
-    table: &JsonTable,
-) -> Option<(
-    Cow<'static, str>,
-    ParsedLine<'static>,
-    Option<Cow<'static, str>>,
-)> {
+fn decode_json(value: &[u8], table: &JsonTable) -> Option<(String, Event, Option<String>)> {
     let serde_json::Value::Object(mut object) = serde_json::from_slice(value).ok()? else {
         return None;
     };
@@ -536,8 +529,7 @@ fn decode_json(
         .sender
         .as_ref()
         .and_then(|member| object.remove(member))
-        .and_then(text)
-        .map(Cow::Owned);
+        .and_then(text);
     let tags = table
         .tags
         .iter()
@@ -572,5 +564,5 @@ fn decode_json(
         fields,
         timestamp_ns: Some(time),
     };
-    Some((Cow::Owned(db), line, sender))
+    Some((db, line, sender))
 }

@@ -1,6 +1,7 @@
 //! The lake sink against a real embedded log and real Delta tables, read back with DataFusion:
-//! types and exact values, unsafe names, schema evolution, and exactly once across restarts
-//! and a crash between the table commits and the group's.
+//! types and exact values, values written before the stored layout, unsafe names, schema
+//! evolution, and exactly once across restarts and a crash between the table commits and the
+//! group's.
 
 mod lab;
 
@@ -70,6 +71,37 @@ async fn events_become_rows_with_their_types_and_exact_values() {
         .collect();
     days.sort();
     assert_eq!(days, ["_day=2023-11-14", "_day=2023-11-15"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_in_line_protocol_from_before_the_stored_layout_are_read_and_bad_ones_counted() {
+    let mut lab = Lab::new(1).await;
+    lab.send_values(
+        0,
+        "park",
+        &[
+            b"gate,gate=g1 open=true 1700000000000000001".as_slice(),
+            b"\x01\x09 not an event",
+            b"not a line",
+        ],
+    )
+    .await;
+    lab.send(0, "park", &["gate,gate=g2 open=false 1700000000000000002"])
+        .await;
+    let counters = lab.sink_until(lab.config(), 2).await;
+    assert_eq!(counters.records_unreadable.load(Ordering::Relaxed), 2);
+    let rows = query(
+        &lab.table_dir("park", "gate"),
+        "SELECT gate, open, _time_ns FROM t ORDER BY _time_ns",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        texts(&[
+            &["g1", "true", "1700000000000000001"],
+            &["g2", "false", "1700000000000000002"],
+        ])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
-//! The event model of nublar and its codecs: what a point is, how line protocol becomes one and
-//! how one becomes line protocol again.
+//! The event model of nublar and its codecs: what a point is, how line protocol becomes one,
+//! how one becomes line protocol again, and the layout the log stores it in.
 //!
 //! **This crate does no I/O**: it turns bytes into events and back, so the gateway, the log,
 //! the processors and the lake can all share it without sharing anything else.
@@ -9,6 +9,7 @@ pub mod event;
 pub mod json;
 pub mod limits;
 pub mod line_protocol;
+pub mod stored;
 
 pub use event::{
     Event, Field, FieldType, FieldValue, ParsedLine, Precision, Tag, TimestampOverflow,

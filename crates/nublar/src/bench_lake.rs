@@ -3,8 +3,8 @@
 //! the same run.
 //!
 //! The log is filled first (not timed) with `weather` events as the gateway stores them: one
-//! batch per request of `--batch` lines, canonical line protocol, keyed, the database and sender
-//! on the first record. Then a sink on a single-threaded runtime reads it all into the lake;
+//! batch per request of `--batch` lines, each line parsed and kept in the stored layout, keyed,
+//! the database and sender on the first record. Then a sink on a single-threaded runtime reads it all into the lake;
 //! the time runs from its start to its last commit, and the process's CPU time over the same
 //! span shows how much of a core it took.
 
@@ -161,6 +161,7 @@ async fn fill(bus: &Arc<dyn Bus>, args: &LakeBenchArgs) -> anyhow::Result<u64> {
     )
     .await?;
     let mut line = String::with_capacity(160);
+    let mut value = Vec::with_capacity(160);
     let mut bytes = 0u64;
     let mut row = 0u64;
     let mut request = 0u64;
@@ -181,7 +182,16 @@ async fn fill(bus: &Arc<dyn Bus>, args: &LakeBenchArgs) -> anyhow::Result<u64> {
             } else {
                 &[]
             };
-            builder.push(None, line.as_bytes(), headers);
+            let (_, parsed) = nublar_model::parse_lines(
+                line.as_bytes(),
+                nublar_model::Precision::Ns,
+                Default::default(),
+            )
+            .next()
+            .context("a bench line")?;
+            value.clear();
+            nublar_model::stored::encode(&parsed?, &mut value);
+            builder.push(None, &value, headers);
         }
         let batch = builder.finish()?;
         bytes += batch.len_bytes() as u64;

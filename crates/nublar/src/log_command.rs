@@ -467,7 +467,18 @@ fn format_record(record: &nublar_log::Record<'_>) -> String {
     for (name, value) in record.headers().flatten() {
         let _ = write!(line, " {}={}", printable(name), printable(value));
     }
-    let _ = write!(line, " {}", printable(record.value));
+    // An event in the stored layout is shown as the line protocol it stands for.
+    match nublar_model::stored::is_stored_layout(record.value)
+        .then(|| nublar_model::stored::display(record.value))
+        .flatten()
+    {
+        Some(text) => {
+            let _ = write!(line, " {}", printable(text.as_bytes()));
+        }
+        None => {
+            let _ = write!(line, " {}", printable(record.value));
+        }
+    }
     line
 }
 

@@ -105,13 +105,11 @@ fn stored(data: &Path) -> Vec<(i64, String)> {
                 let key = view.batch_key().unwrap().expect("the simulator sends keys");
                 for record in view.records().unwrap().iter() {
                     let record = record.unwrap();
-                    let line = std::str::from_utf8(record.value).unwrap();
-                    let uid = line
-                        .split([' ', ','])
-                        .find_map(|pair| pair.strip_prefix("uid="))
-                        .and_then(|value| value.strip_suffix('i'))
-                        .and_then(|value| value.parse().ok())
-                        .unwrap_or_else(|| panic!("no uid in {line:?}"));
+                    let event = nublar_model::stored::decode(record.value).unwrap();
+                    let uid = match event.field("uid") {
+                        Some(nublar_model::FieldValue::I64(uid)) => *uid,
+                        _ => panic!("no uid in {event:?}"),
+                    };
                     found.push((uid, key.clone()));
                 }
             }

@@ -158,7 +158,8 @@ pub async fn request(
     }
 }
 
-/// Every record value of a topic, over all its partitions.
+/// Every record value of a topic, over all its partitions, as text: the telemetry topic's
+/// events (which must be in the stored layout) as the line protocol they stand for.
 pub async fn topic_values(bus: &Arc<dyn Bus>, topic: &str) -> Vec<String> {
     let mut out = Vec::new();
     for partition in 0..bus.partitions(topic).await.unwrap() {
@@ -168,9 +169,22 @@ pub async fn topic_values(bus: &Arc<dyn Bus>, topic: &str) -> Vec<String> {
             .unwrap();
         for view in batches.iter() {
             for record in view.records().unwrap().iter() {
-                out.push(String::from_utf8(record.unwrap().value.to_vec()).unwrap());
+                out.push(value_text(topic, record.unwrap().value));
             }
         }
     }
     out
+}
+
+/// A record's value as text; see [`topic_values`].
+pub fn value_text(topic: &str, value: &[u8]) -> String {
+    if topic == nublar_ingest::TELEMETRY_TOPIC {
+        assert!(
+            nublar_model::stored::is_stored_layout(value),
+            "telemetry holds events in the stored layout: {value:?}"
+        );
+        nublar_model::stored::display(value).expect("a readable stored event")
+    } else {
+        String::from_utf8(value.to_vec()).unwrap()
+    }
 }

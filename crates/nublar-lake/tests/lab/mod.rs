@@ -45,8 +45,28 @@ impl Lab {
     }
 
     /// Appends lines as the gateway does: one batch per request, keyed, with the database and
-    /// sender on the first record.
+    /// sender on the first record, each line parsed and kept in the stored layout.
     pub async fn send(&mut self, partition: u32, db: &str, lines: &[&str]) {
+        let values: Vec<Vec<u8>> = lines
+            .iter()
+            .map(|line| {
+                let (_, parsed) = nublar_model::parse_lines(
+                    line.as_bytes(),
+                    nublar_model::Precision::Ns,
+                    Default::default(),
+                )
+                .next()
+                .unwrap();
+                let mut value = Vec::new();
+                nublar_model::stored::encode(&parsed.unwrap(), &mut value);
+                value
+            })
+            .collect();
+        self.send_values(partition, db, &values).await;
+    }
+
+    /// Appends values as they are, in one batch as [`Lab::send`] does.
+    pub async fn send_values(&mut self, partition: u32, db: &str, lines: &[impl AsRef<[u8]>]) {
         self.sequence += 1;
         let mut builder = BatchBuilder::new(Compression::Lz4)
             .batch_key(&format!("{db}/request-{}", self.sequence))
@@ -57,7 +77,7 @@ impl Lab {
             } else {
                 &[]
             };
-            builder.push(None, line.as_bytes(), headers);
+            builder.push(None, line.as_ref(), headers);
         }
         self.bus
             .append(TOPIC, partition, builder.finish().unwrap())
