@@ -123,7 +123,31 @@ pub struct Sink {
 #[derive(Default)]
 struct Pending {
     buffer: TableBuffer,
-    positions: BTreeMap<String, i64>,
+    /// By log partition: the last offset among the rows, `None` when the rows hold none of it.
+    last: Vec<Option<i64>>,
+}
+
+impl Pending {
+    fn note(&mut self, partition: u32, offset: i64) {
+        let partition = partition as usize;
+        if self.last.len() <= partition {
+            self.last.resize(partition + 1, None);
+        }
+        self.last[partition] = Some(offset);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.last.iter().all(Option::is_none)
+    }
+
+    /// The positions a commit of these rows records: app id → last offset.
+    fn positions(&self, app_ids: &[String]) -> BTreeMap<String, i64> {
+        self.last
+            .iter()
+            .zip(app_ids)
+            .filter_map(|(last, app)| Some((app.clone(), (*last)?)))
+            .collect()
+    }
 }
 
 /// An open table and what waits for its next commit.
@@ -335,7 +359,6 @@ impl Sink {
         partition: u32,
         batches: &ReadBatches,
     ) -> Result<(), LakeError> {
-        let app = app_id(&self.config.topic, partition);
         let from = round.next[partition as usize];
         let mut mismatches: Vec<Mismatch> = Vec::new();
         for view in batches.iter() {
@@ -343,7 +366,7 @@ impl Sink {
                 .records()
                 .map_err(|error| LakeError::Bus(BusError::Corruption(error.to_string())))?;
             let batch_key = view
-                .batch_key()
+                .batch_key_in(&records)
                 .map_err(|error| LakeError::Bus(BusError::Corruption(error.to_string())))?;
             let mut database: Option<String> = None;
             let mut sender: Option<String> = None;
@@ -422,12 +445,7 @@ impl Sink {
                     |name| table.known(name),
                     &mut mismatches,
                 );
-                match pending.positions.get_mut(app.as_str()) {
-                    Some(position) => *position = record.offset,
-                    None => {
-                        pending.positions.insert(app.clone(), record.offset);
-                    }
-                }
+                pending.note(partition, record.offset);
                 round.oldest_pending.get_or_insert_with(Instant::now);
             }
         }
@@ -481,14 +499,15 @@ impl Sink {
     async fn commit(&self, round: &mut Round) -> Result<(), LakeError> {
         round.oldest_pending = None;
         for slot in &mut round.slots {
-            if slot.pending.positions.is_empty() {
+            if slot.pending.is_empty() {
                 continue;
             }
             let rows = slot.pending.buffer.rows();
+            let positions = slot.pending.positions(&round.app_ids);
             slot.table
-                .commit(&mut slot.pending.buffer, &slot.pending.positions)
+                .commit(&mut slot.pending.buffer, &positions)
                 .await?;
-            slot.pending.positions.clear();
+            slot.pending.last.clear();
             self.counters
                 .rows_written
                 .fetch_add(rows as u64, Ordering::Relaxed);

@@ -91,7 +91,17 @@ impl Table {
         remove_staging_files(dir)?;
         let error = |e| table_error(dir, e);
         let url = deltalake::ensure_table_uri(dir.to_string_lossy()).map_err(error)?;
-        let mut table = DeltaTable::try_from_url(url).await.map_err(error)?;
+        // A table not made yet is not loaded: loading one that has no log fails, and the
+        // Delta kernel logs that failure as an error where nothing is wrong.
+        let has_log = std::fs::read_dir(dir.join("_delta_log"))
+            .is_ok_and(|mut entries| entries.next().is_some());
+        let mut table = if has_log {
+            DeltaTable::try_from_url(url).await.map_err(error)?
+        } else {
+            deltalake::DeltaTableBuilder::from_url(url)
+                .and_then(|builder| builder.build())
+                .map_err(error)?
+        };
         if table.version().is_none() {
             let mut stats_columns: Vec<String> = own_columns()
                 .iter()

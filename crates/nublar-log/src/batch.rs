@@ -567,11 +567,12 @@ impl<'a> BatchView<'a> {
             Compression::None => Cow::Borrowed(payload),
             Compression::Lz4 => Cow::Owned(decompress_bounded(
                 lz4_flex::frame::FrameDecoder::new(payload),
+                payload.len(),
             )?),
             Compression::Zstd => {
                 let decoder = zstd::stream::read::Decoder::new(payload)
                     .map_err(|error| BatchError::Decompression(error.to_string()))?;
-                Cow::Owned(decompress_bounded(decoder)?)
+                Cow::Owned(decompress_bounded(decoder, payload.len())?)
             }
         };
         Ok(Records {
@@ -587,7 +588,12 @@ impl<'a> BatchView<'a> {
     /// The batch key of a batch read back: the header on its first record, or
     /// the Kafka producer identity.
     pub fn batch_key(&self) -> Result<Option<String>, BatchError> {
-        let records = self.records()?;
+        self.batch_key_in(&self.records()?)
+    }
+
+    /// [`BatchView::batch_key`] from this batch's records already decompressed, for a reader
+    /// that wants both without decompressing twice.
+    pub fn batch_key_in(&self, records: &Records<'_>) -> Result<Option<String>, BatchError> {
         if let Some(first) = records.iter().next() {
             for header in first?.headers() {
                 let (name, value) = header?;
@@ -805,8 +811,10 @@ fn decode_record<'a>(
     })
 }
 
-fn decompress_bounded(reader: impl Read) -> Result<Vec<u8>, BatchError> {
-    let mut out = Vec::new();
+fn decompress_bounded(reader: impl Read, compressed_bytes: usize) -> Result<Vec<u8>, BatchError> {
+    // Room for a typical ratio up front, so the output is rarely copied as it grows; the
+    // bound still holds whatever the payload claims.
+    let mut out = Vec::with_capacity((compressed_bytes * 4).min(DECOMPRESSED_BYTES_MAX));
     reader
         .take(DECOMPRESSED_BYTES_MAX as u64 + 1)
         .read_to_end(&mut out)

@@ -6,19 +6,23 @@
 //! to undo. A float is its eight bytes, so it reads back bit for bit.
 //!
 //! ```text
-//! value     = format flags [time] name tags fields
-//! format    = 0x01                      (this layout; line protocol never starts with it)
-//! flags     = 0x00 | 0x01               (bit 0: a time follows; other bits are reserved)
-//! time      = i64, little-endian        (nanoseconds since the Unix epoch)
-//! name      = len bytes                 (len: unsigned LEB128, at most 5 bytes; bytes: UTF-8)
-//! tags      = count (name name)*        (key, value; count: LEB128)
-//! fields    = count (name kind value)*  (count: LEB128, at least 1)
-//! kind      = 1 float (f64 LE) | 2 integer (i64 LE) | 3 unsigned (u64 LE)
-//!           | 4 false | 5 true | 6 string (len bytes)
+//! value   = format flags [time] text-length text measurement-length tags fields
+//! format  = 0x01                  (this layout; line protocol never starts with it)
+//! flags   = 0x00 | 0x01           (bit 0: a time follows; other bits are reserved)
+//! time    = i64, little-endian    (nanoseconds since the Unix epoch)
+//! text    = UTF-8: the measurement, then each tag's key and value, then each field's key and
+//!           string value, one after another with nothing between them
+//! tags    = count (key-length value-length)*
+//! fields  = count (key-length kind)*, at least one
+//! kind    = 1 float, f64 LE | 2 integer, i64 LE | 3 unsigned, u64 LE | 4 false | 5 true
+//!         | 6 string, value-length
 //! ```
 //!
-//! Nothing may follow the last field. The time sits right after the flags, so that a reader
-//! that wants only the time of an event finds it without walking the rest.
+//! Every count and length is an unsigned LEB128 of at most five bytes; the lengths cut the text
+//! into the measurement, names and strings in order, which must use it up exactly. Nothing may follow the
+//! last field. The whole text is checked as UTF-8 in one pass, rather than each name on its
+//! own, and the time sits right after the flags, so that a reader that wants only the time of
+//! an event finds it without walking the rest.
 //!
 //! Records written as canonical line protocol (before this layout existed) are still read:
 //! [`decode`] parses any value that does not start with [`FORMAT`].
@@ -64,15 +68,42 @@ pub fn encode(line: &ParsedLine<'_>, out: &mut Vec<u8>) {
         }
         None => out.push(0),
     }
-    put_text(out, &line.measurement);
+    let strings = |field: &Field<'_>| match &field.value {
+        FieldValue::Str(value) => value.len(),
+        _ => 0,
+    };
+    let text_length = line.measurement.len()
+        + line
+            .tags
+            .iter()
+            .map(|tag| tag.key.len() + tag.value.len())
+            .sum::<usize>()
+        + line
+            .fields
+            .iter()
+            .map(|field| field.key.len() + strings(field))
+            .sum::<usize>();
+    put_length(out, text_length);
+    out.extend_from_slice(line.measurement.as_bytes());
+    for tag in &line.tags {
+        out.extend_from_slice(tag.key.as_bytes());
+        out.extend_from_slice(tag.value.as_bytes());
+    }
+    for field in &line.fields {
+        out.extend_from_slice(field.key.as_bytes());
+        if let FieldValue::Str(value) = &field.value {
+            out.extend_from_slice(value.as_bytes());
+        }
+    }
+    put_length(out, line.measurement.len());
     put_length(out, line.tags.len());
     for tag in &line.tags {
-        put_text(out, &tag.key);
-        put_text(out, &tag.value);
+        put_length(out, tag.key.len());
+        put_length(out, tag.value.len());
     }
     put_length(out, line.fields.len());
     for field in &line.fields {
-        put_text(out, &field.key);
+        put_length(out, field.key.len());
         match &field.value {
             FieldValue::F64(value) => {
                 out.push(KIND_F64);
@@ -90,7 +121,7 @@ pub fn encode(line: &ParsedLine<'_>, out: &mut Vec<u8>) {
             FieldValue::Bool(true) => out.push(KIND_TRUE),
             FieldValue::Str(value) => {
                 out.push(KIND_STR);
-                put_text(out, value);
+                put_length(out, value.len());
             }
         }
     }
@@ -119,6 +150,9 @@ pub fn decode_into<'a>(value: &'a [u8], line: &mut ParsedLine<'a>) -> Result<(),
     let mut reader = Reader {
         bytes: value,
         position: 1,
+        text: "",
+        text_start: 0,
+        text_at: 0,
     };
     let flags = reader.byte("no flags")?;
     if flags & !FLAG_TIME != 0 {
@@ -129,16 +163,20 @@ pub fn decode_into<'a>(value: &'a [u8], line: &mut ParsedLine<'a>) -> Result<(),
     } else {
         None
     };
-    line.measurement = Cow::Borrowed(reader.text()?);
+    reader.text_block()?;
+    let at = reader.position;
+    let length = reader.length()?;
+    line.measurement = Cow::Borrowed(reader.cut(length, at)?);
     let tag_count = reader.count()?;
     line.tags.clear();
     line.tags.reserve(tag_count);
     for _ in 0..tag_count {
-        let key = reader.text()?;
-        let value = reader.text()?;
+        let at = reader.position;
+        let key = reader.length()?;
+        let value = reader.length()?;
         line.tags.push(Tag {
-            key: Cow::Borrowed(key),
-            value: Cow::Borrowed(value),
+            key: Cow::Borrowed(reader.cut(key, at)?),
+            value: Cow::Borrowed(reader.cut(value, at)?),
         });
     }
     let field_count = reader.count()?;
@@ -148,23 +186,32 @@ pub fn decode_into<'a>(value: &'a [u8], line: &mut ParsedLine<'a>) -> Result<(),
     line.fields.clear();
     line.fields.reserve(field_count);
     for _ in 0..field_count {
-        let key = reader.text()?;
+        let at = reader.position;
+        let key = reader.length()?;
+        let key = Cow::Borrowed(reader.cut(key, at)?);
         let value = match reader.byte("field kind missing")? {
             KIND_F64 => FieldValue::F64(f64::from_le_bytes(reader.array("float cut short")?)),
             KIND_I64 => FieldValue::I64(i64::from_le_bytes(reader.array("integer cut short")?)),
             KIND_U64 => FieldValue::U64(u64::from_le_bytes(reader.array("unsigned cut short")?)),
             KIND_FALSE => FieldValue::Bool(false),
             KIND_TRUE => FieldValue::Bool(true),
-            KIND_STR => FieldValue::Str(Cow::Borrowed(reader.text()?)),
+            KIND_STR => {
+                let at = reader.position;
+                let length = reader.length()?;
+                FieldValue::Str(Cow::Borrowed(reader.cut(length, at)?))
+            }
             _ => return Err(reader.error_before(1, "unknown field kind")),
         };
-        line.fields.push(Field {
-            key: Cow::Borrowed(key),
-            value,
-        });
+        line.fields.push(Field { key, value });
     }
     if reader.position != value.len() {
         return Err(reader.error_before(0, "bytes after the last field"));
+    }
+    if reader.text_at != reader.text.len() {
+        return Err(DecodeError {
+            position: reader.text_start + reader.text_at,
+            reason: "text left over after the last field",
+        });
     }
     Ok(())
 }
@@ -217,14 +264,13 @@ fn put_length(out: &mut Vec<u8>, length: usize) {
     }
 }
 
-fn put_text(out: &mut Vec<u8>, text: &str) {
-    put_length(out, text.len());
-    out.extend_from_slice(text.as_bytes());
-}
-
 struct Reader<'a> {
     bytes: &'a [u8],
     position: usize,
+    /// The value's text, checked as UTF-8, and how much of it names already took.
+    text: &'a str,
+    text_start: usize,
+    text_at: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -235,27 +281,41 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     fn byte(&mut self, missing: &'static str) -> Result<u8, DecodeError> {
-        let byte = *self
-            .bytes
-            .get(self.position)
-            .ok_or(self.error_before(0, missing))?;
+        let Some(&byte) = self.bytes.get(self.position) else {
+            return Err(self.error_before(0, missing));
+        };
         self.position += 1;
         Ok(byte)
     }
 
+    #[inline]
     fn array(&mut self, short: &'static str) -> Result<[u8; 8], DecodeError> {
-        let end = self.position + 8;
-        let array = self
+        let Some(array) = self
             .bytes
-            .get(self.position..end)
-            .and_then(|slice| <[u8; 8]>::try_from(slice).ok())
-            .ok_or(self.error_before(0, short))?;
-        self.position = end;
-        Ok(array)
+            .get(self.position..)
+            .and_then(|rest| rest.first_chunk::<8>())
+        else {
+            return Err(self.error_before(0, short));
+        };
+        self.position += 8;
+        Ok(*array)
     }
 
+    /// Names and counts are almost always below 128, one byte; the loop is for the rest.
+    #[inline]
     fn length(&mut self) -> Result<usize, DecodeError> {
+        match self.bytes.get(self.position) {
+            Some(&byte) if byte < 0x80 => {
+                self.position += 1;
+                Ok(usize::from(byte))
+            }
+            _ => self.long_length(),
+        }
+    }
+
+    fn long_length(&mut self) -> Result<usize, DecodeError> {
         let mut length: u64 = 0;
         for index in 0..LENGTH_BYTES_MAX {
             let byte = self.byte("length cut short")?;
@@ -270,6 +330,7 @@ impl<'a> Reader<'a> {
 
     /// A count of items that each take at least one byte, so a count beyond the bytes left is
     /// refused before anything is allocated for it.
+    #[inline]
     fn count(&mut self) -> Result<usize, DecodeError> {
         let count = self.length()?;
         if count > self.bytes.len() - self.position {
@@ -278,19 +339,40 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
-    fn text(&mut self) -> Result<&'a str, DecodeError> {
+    /// Reads the text block, checked as UTF-8 once for all its names.
+    fn text_block(&mut self) -> Result<(), DecodeError> {
         let length = self.length()?;
         let start = self.position;
-        let bytes = start
-            .checked_add(length)
-            .and_then(|end| self.bytes.get(start..end))
-            .ok_or(self.error_before(0, "text beyond the value's end"))?;
-        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError {
-            position: start,
-            reason: "text is not UTF-8",
-        })?;
+        let Some(bytes) = self.bytes.get(start..).and_then(|rest| rest.get(..length)) else {
+            return Err(self.error_before(0, "text beyond the value's end"));
+        };
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Err(DecodeError {
+                position: start,
+                reason: "text is not UTF-8",
+            });
+        };
+        self.text = text;
+        self.text_start = start;
         self.position += length;
-        Ok(text)
+        Ok(())
+    }
+
+    /// The next `length` bytes of the text; `at` is where the length was, for the error.
+    #[inline]
+    fn cut(&mut self, length: usize, at: usize) -> Result<&'a str, DecodeError> {
+        let Some(name) = self
+            .text_at
+            .checked_add(length)
+            .and_then(|end| self.text.get(self.text_at..end))
+        else {
+            return Err(DecodeError {
+                position: at,
+                reason: "a name runs past the text or splits a character",
+            });
+        };
+        self.text_at += length;
+        Ok(name)
     }
 }
 
@@ -329,11 +411,11 @@ mod tests {
         encode(&event(), &mut value);
         let mut expected = vec![FORMAT, FLAG_TIME];
         expected.extend_from_slice(&(-2i64).to_le_bytes());
-        expected.extend_from_slice(b"\x05fence\x01\x07segment\x03n-7\x03");
-        expected.extend_from_slice(b"\x02kv\x01");
+        expected.push(25);
+        expected.extend_from_slice("fencesegmentn-7kvoknoteé".as_bytes());
+        expected.extend_from_slice(b"\x05\x01\x07\x03\x03\x02\x01");
         expected.extend_from_slice(&7.5f64.to_le_bytes());
-        expected.extend_from_slice(b"\x02ok\x05\x04note\x06\x02");
-        expected.extend_from_slice("é".as_bytes());
+        expected.extend_from_slice(b"\x02\x05\x04\x06\x02");
         assert_eq!(value, expected);
         assert_eq!(decode(&value).unwrap(), event());
         assert!(is_stored_layout(&value));
@@ -347,8 +429,7 @@ mod tests {
         let mut value = Vec::new();
         encode(&long, &mut value);
         // 300 = 0b10_0101100: two length bytes, low seven bits first.
-        let at = value.len() - 302;
-        assert_eq!(&value[at..at + 2], &[0xac, 0x02]);
+        assert_eq!(&value[value.len() - 2..], &[0xac, 0x02]);
         assert_eq!(value[1], 0, "no time flag");
         assert_eq!(decode(&value).unwrap(), long);
     }
@@ -399,7 +480,18 @@ mod tests {
                 },
                 "text is not UTF-8",
             ),
-            (vec![FORMAT, 0, 0, 0, 0], "an event has at least one field"),
+            (
+                vec![FORMAT, 0, 0, 0, 0, 0],
+                "an event has at least one field",
+            ),
+            (
+                b"\x01\x00\x02\xc3\xa9\x01\x00\x01\x00\x04".to_vec(),
+                "a name runs past the text or splits a character",
+            ),
+            (
+                b"\x01\x00\x02ab\x01\x00\x01\x00\x04".to_vec(),
+                "text left over after the last field",
+            ),
             (
                 vec![FORMAT, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0],
                 "length longer than five bytes",
