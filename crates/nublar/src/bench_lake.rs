@@ -3,8 +3,9 @@
 //! the same run.
 //!
 //! The log is filled first (not timed) with `weather` events as the gateway stores them: one
-//! batch per request of `--batch` lines, each line parsed and kept in the stored layout, keyed,
-//! the database and sender on the first record. Then a sink on a single-threaded runtime reads it all into the lake;
+//! batch per request of `--batch` lines, each line parsed and kept in the stored layout (or, with
+//! `--values line-protocol`, as the line itself), keyed, the database and sender on the first
+//! record. Then a sink on a single-threaded runtime reads it all into the lake;
 //! the time runs from its start to its last commit, and the process's CPU time over the same
 //! span shows how much of a core it took.
 
@@ -37,6 +38,16 @@ pub struct LakeBenchArgs {
     /// Skip the DuckDB comparison (it needs `python3 -m pip install duckdb`).
     #[arg(long)]
     no_duckdb: bool,
+    /// How the log keeps each event: the stored layout the gateway writes, or canonical line
+    /// protocol (what it wrote before, which the sink still reads), to compare the two.
+    #[arg(long, value_enum, default_value_t = Values::Stored)]
+    values: Values,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Values {
+    Stored,
+    LineProtocol,
 }
 
 const HABITATS: [&str; 8] = [
@@ -73,11 +84,15 @@ pub fn run(args: LakeBenchArgs) -> anyhow::Result<()> {
         .tempdir_in(&args.dir)
         .with_context(|| format!("creating a folder in {}", args.dir.display()))?;
     println!(
-        "machine: {} cores; {} weather rows in batches of {}, {} partition(s)",
+        "machine: {} cores; {} weather rows in batches of {}, {} partition(s), values {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.rows,
         args.batch,
-        args.partitions
+        args.partitions,
+        match args.values {
+            Values::Stored => "in the stored layout",
+            Values::LineProtocol => "as line protocol",
+        }
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -182,6 +197,10 @@ async fn fill(bus: &Arc<dyn Bus>, args: &LakeBenchArgs) -> anyhow::Result<u64> {
             } else {
                 &[]
             };
+            if args.values == Values::LineProtocol {
+                builder.push(None, line.as_bytes(), headers);
+                continue;
+            }
             let (_, parsed) = nublar_model::parse_lines(
                 line.as_bytes(),
                 nublar_model::Precision::Ns,
@@ -221,6 +240,7 @@ fn duckdb(root: &std::path::Path, rows: u64) -> anyhow::Result<f64> {
     let parquet = root.join("weather.parquet");
     let script = format!(
         "import duckdb, time\n\
+         duckdb.sql(\"SET enable_progress_bar = false\")\n\
          start = time.perf_counter()\n\
          duckdb.sql(\"COPY (SELECT * FROM read_csv('{}')) TO '{}' (FORMAT parquet, COMPRESSION zstd)\")\n\
          print(time.perf_counter() - start)\n",
@@ -228,10 +248,15 @@ fn duckdb(root: &std::path::Path, rows: u64) -> anyhow::Result<f64> {
         parquet.display()
     );
     let output = python(&script, "duckdb")?;
-    let seconds: f64 = String::from_utf8_lossy(&output)
+    // The time is the last line, whatever DuckDB printed before it.
+    let text = String::from_utf8_lossy(&output);
+    let seconds: f64 = text
+        .lines()
+        .last()
+        .unwrap_or_default()
         .trim()
         .parse()
-        .context("reading DuckDB's time")?;
+        .with_context(|| format!("reading DuckDB's time from {text:?}"))?;
     Ok(rows as f64 / seconds)
 }
 

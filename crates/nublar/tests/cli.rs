@@ -343,6 +343,24 @@ fn the_lake_benchmark_measures_the_sink_beside_duckdb_and_cleans_up() {
     );
     duckdb_ran(&text, "DuckDB CSV -> zstd Parquet, same rows, same run: ");
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+    // The layout the log kept before: every row still reaches the lake.
+    let output = nublar(&[
+        "bench",
+        "lake",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--rows",
+        "5000",
+        "--no-duckdb",
+        "--values",
+        "line-protocol",
+    ]);
+    let text = stdout(&output);
+    assert!(text.contains("values as line protocol"), "{text}");
+    assert!(
+        text.contains("sink: 5000 rows into committed Delta (zstd)"),
+        "{text}"
+    );
 }
 
 #[test]
