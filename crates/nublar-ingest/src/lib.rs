@@ -465,6 +465,10 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
     if gateway.inner.draining.load(Ordering::SeqCst) {
         problems.insert(0, "draining".into());
     }
+    // Held-back writes get 503 anyway; saying so here lets a balancer send them elsewhere.
+    if let Some(reason) = gateway.inner.held_back.read().unwrap().as_ref() {
+        problems.push(format!("writes held back: {reason}"));
+    }
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

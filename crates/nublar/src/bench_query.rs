@@ -5,7 +5,9 @@
 //! (line protocol, `--batch` lines a request), waits until its lake sink has committed them
 //! all, then times each query through the node's `/api/v3/query_sql`: once to warm, then
 //! `--repeat` times, keeping the median. DuckDB (the Python package) reads the table's active
-//! Parquet files, listed by the `deltalake` package, with the same warm-up and repeats.
+//! Parquet files, listed by the `deltalake` package, with the same warm-up and repeats; so does
+//! DataFusion's Python package when it is installed, which shows what the engine the node runs
+//! does on those files by itself.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -156,7 +158,7 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     let duck = if args.no_duckdb {
         None
     } else {
-        match duckdb(&table, args.repeat) {
+        match baselines(&table, args.repeat) {
             Ok(times) => Some(times),
             Err(error) => {
                 println!("DuckDB comparison not run: {error:#}");
@@ -172,24 +174,37 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
             args.repeat
         );
         println!("  answer: {}", answer.trim());
-        if let Some(duck) = &duck {
-            let run = &duck[index];
+        if let Some(baselines) = &duck {
+            let run = &baselines.duckdb[index];
             let ours: Vec<Vec<serde_json::Value>> =
                 serde_json::from_str::<Vec<serde_json::Map<String, serde_json::Value>>>(answer)?
                     .into_iter()
                     .map(|row| row.into_iter().map(|(_, value)| value).collect())
                     .collect();
+            let same = |rows: &[Vec<serde_json::Value>]| {
+                if canonical(&ours) == canonical(rows) {
+                    "yes"
+                } else {
+                    "NO"
+                }
+            };
             println!(
                 "  DuckDB over the same files (warm, median of {}): {:.0} ms; nublar / DuckDB = {:.2}; same answer: {}",
                 args.repeat,
                 run.ms,
                 ms / run.ms,
-                if canonical(&ours) == canonical(&run.rows) {
-                    "yes"
-                } else {
-                    "NO"
-                }
+                same(&run.rows)
             );
+            match &baselines.datafusion {
+                Some(alone) => println!(
+                    "  DataFusion alone over the same files (Python package, warm, median of {}): {:.0} ms; DataFusion / DuckDB = {:.2}; same answer: {}",
+                    args.repeat,
+                    alone[index].ms,
+                    alone[index].ms / run.ms,
+                    same(&alone[index].rows)
+                ),
+                None => println!("  DataFusion alone not run: python3 -m pip install datafusion"),
+            }
         }
     }
     if args.keep {
@@ -247,33 +262,59 @@ fn write_requests(
     }
 }
 
-/// What DuckDB did with one query.
+/// What an engine beside the node did with one query.
 #[derive(serde::Deserialize)]
-struct DuckRun {
+struct EngineRun {
     /// Median of the timed runs.
     ms: f64,
     rows: Vec<Vec<serde_json::Value>>,
 }
 
+/// The engines beside the node: DuckDB, and DataFusion alone when its Python package is there
+/// (the engine the node runs, without the node, the HTTP API or delta-rs's scan).
+#[derive(serde::Deserialize)]
+struct Baselines {
+    duckdb: Vec<EngineRun>,
+    datafusion: Option<Vec<EngineRun>>,
+}
+
 /// DuckDB (Python package) running the same queries over the table's active files, listed by
-/// the `deltalake` package, each after a warm-up run.
-fn duckdb(table: &std::path::Path, repeat: usize) -> anyhow::Result<Vec<DuckRun>> {
+/// the `deltalake` package, each after a warm-up run; then DataFusion's Python package over the
+/// same files in the same way, if it is installed.
+fn baselines(table: &std::path::Path, repeat: usize) -> anyhow::Result<Baselines> {
     let script = format!(
-        "import duckdb, json, time\n\
+        "import duckdb, json, os, shutil, tempfile, time\n\
          from deltalake import DeltaTable\n\
          files = DeltaTable({table:?}).file_uris()\n\
-         con = duckdb.connect()\n\
-         con.execute('CREATE VIEW weather AS SELECT * FROM read_parquet(' + repr(files) + ')')\n\
-         out = []\n\
-         for sql in {queries:?}:\n\
-         \x20   rows = con.execute(sql).fetchall()\n\
+         def timed(run):\n\
+         \x20   rows = run()\n\
          \x20   times = []\n\
          \x20   for _ in range({repeat}):\n\
          \x20       start = time.perf_counter()\n\
-         \x20       con.execute(sql).fetchall()\n\
+         \x20       run()\n\
          \x20       times.append((time.perf_counter() - start) * 1000)\n\
          \x20   times.sort()\n\
-         \x20   out.append({{'ms': times[(len(times) + 1) // 2 - 1], 'rows': [list(row) for row in rows]}})\n\
+         \x20   return {{'ms': times[(len(times) + 1) // 2 - 1], 'rows': rows}}\n\
+         con = duckdb.connect()\n\
+         con.execute('CREATE VIEW weather AS SELECT * FROM read_parquet(' + repr(files) + ')')\n\
+         out = {{'duckdb': [timed(lambda: [list(row) for row in con.execute(sql).fetchall()]) for sql in {queries:?}]}}\n\
+         try:\n\
+         \x20   import datafusion, pyarrow\n\
+         except ImportError:\n\
+         \x20   out['datafusion'] = None\n\
+         else:\n\
+         \x20   # The active files only, under names of their own: the folder also holds files\n\
+         \x20   # that compaction replaced and vacuum has not removed yet.\n\
+         \x20   links = tempfile.mkdtemp()\n\
+         \x20   for index, uri in enumerate(files):\n\
+         \x20       os.symlink(uri.removeprefix('file://'), os.path.join(links, f'{{index}}.parquet'))\n\
+         \x20   ctx = datafusion.SessionContext()\n\
+         \x20   ctx.register_parquet('weather', links)\n\
+         \x20   def rows(sql):\n\
+         \x20       batches = ctx.sql(sql).collect()\n\
+         \x20       return [list(row.values()) for row in pyarrow.Table.from_batches(batches).to_pylist()] if batches else []\n\
+         \x20   out['datafusion'] = [timed(lambda: rows(sql)) for sql in {queries:?}]\n\
+         \x20   shutil.rmtree(links)\n\
          print(json.dumps(out))\n",
         table = table.display().to_string(),
         queries = QUERIES,

@@ -431,6 +431,10 @@ fn a_lake_that_cannot_keep_up_holds_writes_back_until_it_catches_up() {
     let (_, metrics) = common::request(node.http, "GET", "/metrics", &[], b"");
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(metrics.contains("nublar_ingest_held_back 1"), "{metrics}");
+    let (status, ready) = common::request(node.http, "GET", "/ready", &[], b"");
+    let ready = String::from_utf8_lossy(&ready);
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("writes held back: the lake is"), "{ready}");
 
     // The way cleared, the sink catches up and writes are taken again.
     std::fs::remove_file(&lake).unwrap();
@@ -442,6 +446,11 @@ fn a_lake_that_cannot_keep_up_holds_writes_back_until_it_catches_up() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(
+        common::request(node.http, "GET", "/ready", &[], b"").0,
+        200,
+        "ready again once writes are taken"
+    );
     node.signal(libc::SIGTERM);
     assert!(node.wait_exit(Duration::from_secs(30)).success());
     let counted = nublar_ok(
