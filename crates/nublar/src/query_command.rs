@@ -156,6 +156,19 @@ async fn query_post(
     answer(&service, peer, &headers, parameters).await
 }
 
+/// `message` with the lake's directory written as `<lake>`: a client with a read token learns
+/// which table or file failed, not where the node keeps its data. The node's log has it whole.
+fn without_server_paths(message: &str, lake_dir: &std::path::Path) -> String {
+    let full = lake_dir.display().to_string();
+    // Object store paths leave out the leading `/`.
+    let relative = full.trim_start_matches('/');
+    let mut out = message.replace(&full, "<lake>");
+    if !relative.is_empty() {
+        out = out.replace(relative, "<lake>");
+    }
+    out
+}
+
 fn error_response(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
@@ -210,7 +223,12 @@ async fn answer(
     match ran.await {
         Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, format.content_type())], bytes).into_response(),
         Ok(Err(error @ QueryError::Lake(_))) => {
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
+            let message = error.to_string();
+            tracing::error!(%message, "a query could not read the lake");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &without_server_paths(&message, &service.lake_dir),
+            )
         }
         Ok(Err(error)) => error_response(StatusCode::BAD_REQUEST, &error.to_string()),
         Err(error) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),

@@ -364,6 +364,37 @@ fn queries_answer_over_the_api_and_the_command_line_and_lake_commands_ask_the_no
         .collect();
     assert_eq!(rows, [("Zone Map", 1), ("weather", 2)]);
 
+    // A table whose data files are gone is the lake's fault: 500, naming no server path.
+    let zone_map = std::fs::read_dir(data.path().join("lake").join("park"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.file_name().unwrap() != "weather")
+        .unwrap();
+    let mut removed = 0;
+    for day in std::fs::read_dir(&zone_map).unwrap() {
+        let day = day.unwrap().path();
+        if day
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("_day=")
+        {
+            for file in std::fs::read_dir(&day).unwrap() {
+                std::fs::remove_file(file.unwrap().path()).unwrap();
+                removed += 1;
+            }
+        }
+    }
+    assert!(removed > 0);
+    let (status, error) = get("SELECT * FROM \"Zone Map\"", "json", &read);
+    assert_eq!(status, 500, "{error}");
+    let message = serde_json::from_str::<serde_json::Value>(&error).unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("<lake>"), "{message}");
+    assert!(!message.contains(dir.trim_start_matches('/')), "{message}");
+
     node.signal(libc::SIGTERM);
     assert!(node.wait_exit(Duration::from_secs(30)).success());
     // Without a node, the commands run here.
