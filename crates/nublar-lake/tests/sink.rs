@@ -105,6 +105,62 @@ async fn values_in_line_protocol_from_before_the_stored_layout_are_read_and_bad_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_operator_reclaims_unread_records_the_sink_goes_on_from_the_log_start() {
+    let mut lab = Lab::with_topic(nublar_bus::TopicConfig {
+        segment_bytes: 64 * 1024,
+        retention_bytes: Some(64 * 1024),
+        ..nublar_bus::TopicConfig::with_partitions(1)
+    })
+    .await;
+    // Notes that do not compress, so that the batches fill segments.
+    let line = |n: u64| {
+        let note: String = (0..16u64)
+            .map(|i| {
+                format!(
+                    "{:016x}",
+                    (n * 16 + i)
+                        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        .rotate_left(29)
+                )
+            })
+            .collect();
+        format!(
+            "gate,gate=g{} open=true,n={n}i,note=\"{note}\" {}",
+            n % 7,
+            1_700_000_000_000_000_000u64 + n
+        )
+    };
+    lab.send(0, "park", &[&line(0)]).await;
+    lab.sink_until(lab.config(), 1).await;
+    // The sink is away while the log fills several segments past what it read.
+    for request in 0..40u64 {
+        let lines: Vec<String> = (0..25).map(|i| line(1 + request * 25 + i)).collect();
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        lab.send(0, "park", &lines).await;
+    }
+    let before = lab.bus.offsets(TOPIC, 0).await.unwrap();
+    assert_eq!((before.start, before.end), (0, 1001));
+    // Retention alone keeps what the required group has not read; reclaiming does not.
+    lab.log.apply_retention();
+    assert_eq!(lab.bus.offsets(TOPIC, 0).await.unwrap().start, 0);
+    lab.log.reclaim(TOPIC).unwrap();
+    let after = lab.bus.offsets(TOPIC, 0).await.unwrap();
+    assert!(after.start > 1 && after.start < after.end, "{after:?}");
+    let kept = (after.end - after.start) as u64;
+    let counters = lab.sink_until(lab.config(), kept).await;
+    assert_eq!(counters.rows_written.load(Ordering::Relaxed), kept);
+    let rows = query(
+        &lab.table_dir("park", "gate"),
+        "SELECT count(*), min(n), max(n) FROM t WHERE n > 0",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        texts(&[&[&kept.to_string(), &after.start.to_string(), "1000"]])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_names_are_stored_reversibly_and_new_fields_become_nullable_columns() {
     let mut lab = Lab::new(1).await;
     lab.send(

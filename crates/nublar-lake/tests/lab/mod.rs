@@ -22,6 +22,7 @@ pub const TOPIC: &str = "telemetry";
 
 pub struct Lab {
     _dir: tempfile::TempDir,
+    pub log: Log,
     pub bus: Arc<dyn Bus>,
     pub lake: std::path::PathBuf,
     sequence: u64,
@@ -29,15 +30,18 @@ pub struct Lab {
 
 impl Lab {
     pub async fn new(partitions: u32) -> Lab {
+        Lab::with_topic(TopicConfig::with_partitions(partitions)).await
+    }
+
+    pub async fn with_topic(config: TopicConfig) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path().join("log")).unwrap();
-        let bus = EmbeddedBus::new(log).into_shared();
-        bus.ensure_topic(TOPIC, TopicConfig::with_partitions(partitions))
-            .await
-            .unwrap();
+        let bus = EmbeddedBus::new(log.clone()).into_shared();
+        bus.ensure_topic(TOPIC, config).await.unwrap();
         let lake = dir.path().join("lake");
         Lab {
             _dir: dir,
+            log,
             bus,
             lake,
             sequence: 0,
