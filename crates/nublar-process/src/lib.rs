@@ -2,7 +2,8 @@
 //!
 //! This crate holds their logic as plain state machines over events, apart from the bus, so that
 //! each can be tested against a reference model and replayed exactly: [`windows`] turns events
-//! into one-minute aggregates by event time.
+//! into one-minute aggregates by event time, [`alerts`] fires and resolves alert rules.
 
+pub mod alerts;
 pub mod series;
 pub mod windows;
