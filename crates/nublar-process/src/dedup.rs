@@ -1,0 +1,140 @@
+//! Duplicate events: the same series, timestamp and field values seen again within a window
+//! of event time count once.
+//!
+//! An event is remembered by a 128-bit digest of its database, measurement, canonical tag set,
+//! timestamp and fields (names, types and values, floats by their bits), so that memory per
+//! event is fixed whatever its size. The window follows the watermark (the latest event time
+//! seen): digests of events older than `watermark - window` are forgotten, and an event that old
+//! is passed on unchecked. At most `keys_max` digests are kept; past that the oldest are
+//! forgotten first, and counted.
+//!
+//! Like the other processors this reads no clock: the same input gives the same decisions.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use nublar_model::{FieldValue, ParsedLine};
+
+/// How long and how many events are remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupConfig {
+    /// Event time behind the watermark within which a repeat is a duplicate, in nanoseconds.
+    pub window_ns: i64,
+    /// Digests kept at most.
+    pub keys_max: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> DedupConfig {
+        DedupConfig {
+            window_ns: 5 * 60 * 1_000_000_000,
+            keys_max: 2_000_000,
+        }
+    }
+}
+
+/// What became of one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// First seen: pass it on.
+    New,
+    /// The same event was seen within the window: drop it.
+    Duplicate,
+    /// Older than the window: passed on without a check.
+    TooOldToCheck,
+}
+
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupCounters {
+    pub duplicates: u64,
+    pub too_old_to_check: u64,
+    /// Digests forgotten before the window passed them, to keep `keys_max`.
+    pub forgotten_early: u64,
+}
+
+pub struct Dedup {
+    config: DedupConfig,
+    watermark_ns: Option<i64>,
+    digests: HashSet<u128>,
+    /// Event time → digests of that time, for forgetting in time order.
+    by_time: BTreeMap<i64, Vec<u128>>,
+    counters: DedupCounters,
+}
+
+impl Dedup {
+    pub fn new(config: DedupConfig) -> Dedup {
+        Dedup {
+            config,
+            watermark_ns: None,
+            digests: HashSet::new(),
+            by_time: BTreeMap::new(),
+            counters: DedupCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> DedupCounters {
+        self.counters
+    }
+
+    /// Digests held now.
+    pub fn keys(&self) -> usize {
+        self.digests.len()
+    }
+
+    /// Decides for the event of database `db` at `time_ns`, and remembers it if new.
+    pub fn check(&mut self, db: &str, event: &ParsedLine<'_>, time_ns: i64) -> Seen {
+        if let Some(watermark) = self.watermark_ns
+            && time_ns < watermark.saturating_sub(self.config.window_ns)
+        {
+            self.counters.too_old_to_check += 1;
+            return Seen::TooOldToCheck;
+        }
+        let digest = digest(db, event, time_ns);
+        if !self.digests.insert(digest) {
+            self.counters.duplicates += 1;
+            return Seen::Duplicate;
+        }
+        self.by_time.entry(time_ns).or_default().push(digest);
+        let watermark = self.watermark_ns.map_or(time_ns, |old| old.max(time_ns));
+        self.watermark_ns = Some(watermark);
+        let horizon = watermark.saturating_sub(self.config.window_ns);
+        while let Some(entry) = self.by_time.first_entry() {
+            if *entry.key() >= horizon && self.digests.len() <= self.config.keys_max {
+                break;
+            }
+            let early = *entry.key() >= horizon;
+            for digest in entry.remove() {
+                self.digests.remove(&digest);
+                if early {
+                    self.counters.forgotten_early += 1;
+                }
+            }
+        }
+        Seen::New
+    }
+}
+
+/// The event's identity: tags in canonical order, fields in the order sent (a sender that
+/// repeats an event repeats its line).
+fn digest(db: &str, event: &ParsedLine<'_>, time_ns: i64) -> u128 {
+    let half = |salt: u8| {
+        let mut hasher = DefaultHasher::new();
+        salt.hash(&mut hasher);
+        db.hash(&mut hasher);
+        event.measurement.hash(&mut hasher);
+        crate::series::canonical_series(&event.tags).hash(&mut hasher);
+        time_ns.hash(&mut hasher);
+        for field in &event.fields {
+            field.key.hash(&mut hasher);
+            match &field.value {
+                FieldValue::F64(value) => (0u8, value.to_bits()).hash(&mut hasher),
+                FieldValue::I64(value) => (1u8, *value).hash(&mut hasher),
+                FieldValue::U64(value) => (2u8, *value).hash(&mut hasher),
+                FieldValue::Bool(value) => (3u8, *value).hash(&mut hasher),
+                FieldValue::Str(value) => (4u8, value.as_ref()).hash(&mut hasher),
+            }
+        }
+        hasher.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
+}
