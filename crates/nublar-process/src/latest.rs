@@ -1,0 +1,139 @@
+//! The latest value of every field of every series, for "what does this fence read now?".
+//!
+//! A field keeps the value with the latest event time; of equal times, the one that arrived
+//! last. A series whose events arrive out of order therefore still shows its newest reading.
+//! The series held are bounded by `series_max`; events of new series past it are counted and
+//! not kept.
+
+use std::collections::{BTreeMap, HashMap};
+
+use nublar_model::{FieldValue, ParsedLine};
+
+use crate::series::canonical_series;
+
+/// A field's latest value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    pub time_ns: i64,
+    pub value: FieldValue<'static>,
+}
+
+/// One series: its tags and the latest reading of each of its fields.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesState {
+    pub db: String,
+    pub measurement: String,
+    /// The canonical tag set ([`canonical_series`]).
+    pub series: String,
+    /// Tags by key.
+    pub tags: BTreeMap<String, String>,
+    /// Fields by key.
+    pub fields: BTreeMap<String, Reading>,
+}
+
+impl SeriesState {
+    /// The time of the newest reading of any field.
+    pub fn time_ns(&self) -> i64 {
+        self.fields
+            .values()
+            .map(|reading| reading.time_ns)
+            .max()
+            .unwrap_or(i64::MIN)
+    }
+}
+
+pub struct Latest {
+    /// (database, measurement, series) → state.
+    series: HashMap<(String, String, String), SeriesState>,
+    series_max: usize,
+    series_dropped: u64,
+}
+
+impl Latest {
+    pub fn new(series_max: usize) -> Latest {
+        Latest {
+            series: HashMap::new(),
+            series_max,
+            series_dropped: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// Events of series not kept because `series_max` was reached.
+    pub fn series_dropped(&self) -> u64 {
+        self.series_dropped
+    }
+
+    pub fn observe(&mut self, db: &str, event: &ParsedLine<'_>, time_ns: i64) {
+        let key = (
+            db.to_owned(),
+            event.measurement.as_ref().to_owned(),
+            canonical_series(&event.tags),
+        );
+        if !self.series.contains_key(&key) && self.series.len() >= self.series_max {
+            self.series_dropped += 1;
+            return;
+        }
+        let state = self
+            .series
+            .entry(key)
+            .or_insert_with_key(|key| SeriesState {
+                db: key.0.clone(),
+                measurement: key.1.clone(),
+                series: key.2.clone(),
+                tags: event
+                    .tags
+                    .iter()
+                    .map(|tag| (tag.key.as_ref().to_owned(), tag.value.as_ref().to_owned()))
+                    .collect(),
+                fields: BTreeMap::new(),
+            });
+        for field in &event.fields {
+            match state.fields.get_mut(field.key.as_ref()) {
+                Some(reading) if reading.time_ns > time_ns => {}
+                Some(reading) => {
+                    reading.time_ns = time_ns;
+                    reading.value = field.value.clone().into_owned();
+                }
+                None => {
+                    state.fields.insert(
+                        field.key.as_ref().to_owned(),
+                        Reading {
+                            time_ns,
+                            value: field.value.clone().into_owned(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The series of `db`, of `measurement` when given, whose tags include every pair of
+    /// `tags`; ordered by measurement and series.
+    pub fn query(
+        &self,
+        db: &str,
+        measurement: Option<&str>,
+        tags: &[(&str, &str)],
+    ) -> Vec<&SeriesState> {
+        let mut found: Vec<&SeriesState> = self
+            .series
+            .values()
+            .filter(|state| state.db == db)
+            .filter(|state| measurement.is_none_or(|wanted| state.measurement == wanted))
+            .filter(|state| {
+                tags.iter()
+                    .all(|(key, value)| state.tags.get(*key).is_some_and(|held| held == value))
+            })
+            .collect();
+        found.sort_by(|a, b| (&a.measurement, &a.series).cmp(&(&b.measurement, &b.series)));
+        found
+    }
+}
