@@ -81,6 +81,9 @@ struct Inner {
     dead_letter_buckets: dead_letters::SenderBuckets,
     /// More Prometheus text appended to `/metrics` (the node's BFD sessions).
     extra_metrics: std::sync::RwLock<Vec<MetricsSource>>,
+    /// The inodes of the UDP sockets served, to find the kernel's count of datagrams each
+    /// dropped because its receive buffer was full.
+    udp_socket_inodes: std::sync::Mutex<Vec<u64>>,
 }
 
 /// Renders more lines of `/metrics`: a part of the node the gateway does not
@@ -131,6 +134,7 @@ impl Gateway {
                     config.dead_letters_per_sender_per_second,
                 ),
                 extra_metrics: std::sync::RwLock::default(),
+                udp_socket_inodes: std::sync::Mutex::default(),
                 config,
             }),
         })
@@ -252,6 +256,9 @@ impl Gateway {
         socket: UdpSocket,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        if let Some(inode) = metrics::socket_inode(&socket) {
+            self.inner.udp_socket_inodes.lock().unwrap().push(inode);
+        }
         let mut buffer = vec![0u8; limits::UDP_DATAGRAM_BYTES_MAX];
         let mut last_warning: Option<std::time::Instant> = None;
         tokio::pin!(shutdown);
@@ -492,6 +499,13 @@ async fn metrics_text(State(gateway): State<Gateway>) -> Response {
     text.push_str(&format!(
         "# TYPE nublar_ingest_held_back gauge\nnublar_ingest_held_back {held_back}\n"
     ));
+    let inodes = gateway.inner.udp_socket_inodes.lock().unwrap().clone();
+    if let Some(dropped) = metrics::kernel_udp_drops(&inodes) {
+        text.push_str(&format!(
+            "# TYPE nublar_udp_kernel_dropped_datagrams_total counter\n\
+             nublar_udp_kernel_dropped_datagrams_total {dropped}\n"
+        ));
+    }
     let sources = gateway.inner.extra_metrics.read().unwrap().clone();
     for source in sources {
         text.push_str(&source().await);

@@ -196,3 +196,58 @@ impl Metrics {
         out
     }
 }
+
+/// The inode of a socket, by which the kernel's tables name it; `None` where `/proc` is not
+/// there (not Linux).
+pub(crate) fn socket_inode(socket: &impl std::os::fd::AsRawFd) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let path = format!("/proc/self/fd/{}", socket.as_raw_fd());
+    std::fs::metadata(path).ok().map(|metadata| metadata.ino())
+}
+
+/// Datagrams the kernel dropped for the sockets with these inodes because their receive
+/// buffers were full: sent to nublar but never seen by it. `None` when there are no such
+/// sockets or the kernel does not say (not Linux).
+pub(crate) fn kernel_udp_drops(inodes: &[u64]) -> Option<u64> {
+    if inodes.is_empty() {
+        return None;
+    }
+    let mut total = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for (inode, drops) in udp_table_drops(&text) {
+            if inodes.contains(&inode) {
+                *total.get_or_insert(0) += drops;
+            }
+        }
+    }
+    total
+}
+
+/// (inode, drops) of each socket in a `/proc/net/udp` or `/proc/net/udp6` table.
+fn udp_table_drops(text: &str) -> impl Iterator<Item = (u64, u64)> + '_ {
+    text.lines().skip(1).filter_map(|line| {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        Some((
+            columns.get(9)?.parse().ok()?,
+            columns.get(12)?.parse().ok()?,
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_udp_table_gives_drops_by_inode() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            \x20  42: 0100007F:1F99 00000000:0000 07 00000000:00034100 00:00000000 00000000     0        0 918273 2 0000000000000000 1734\n\
+            \x20  43: 00000000:0202 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 5 2 0000000000000000 0\n\
+            garbage\n";
+        let rows: Vec<(u64, u64)> = udp_table_drops(table).collect();
+        assert_eq!(rows, [(918273, 1734), (5, 0)]);
+    }
+}

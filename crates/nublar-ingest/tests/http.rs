@@ -616,3 +616,57 @@ async fn the_prefix_allow_list_admits_http_and_udp_senders() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_the_kernel_dropped_are_counted_so_every_datagram_is_accounted_for() {
+    let node = node().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    // A small receive buffer, so that it overflows whatever the machine's default.
+    let size: libc::c_int = 16 * 1024;
+    let set = unsafe {
+        // SAFETY: the descriptor is the open socket above, and the option value is a c_int
+        // whose size is passed with it.
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    // Nobody reads yet: the socket's receive buffer fills and the kernel drops the rest.
+    let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sent = 3_000u64;
+    let padding = "x".repeat(900);
+    for n in 0..sent {
+        let datagram = format!("udp,n=n{n} f=1,pad=\"{padding}\" 5\n");
+        sender.send_to(datagram.as_bytes(), address).await.unwrap();
+    }
+    let gateway = node.gateway.clone();
+    tokio::spawn(async move { gateway.serve_udp(socket, std::future::pending()).await });
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let metrics = request(node.http, "GET", "/metrics", &[], b"").await.body;
+        let dropped = metric(&metrics, "nublar_udp_kernel_dropped_datagrams_total");
+        let stored = stored(&node.bus).await.len() as u64;
+        if stored + dropped == sent {
+            assert!(dropped > 0, "the buffer never overflowed: {metrics}");
+            assert_eq!(metric(&metrics, "nublar_udp_dropped_datagrams_total"), 0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{stored} stored and {dropped} dropped of {sent} sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
