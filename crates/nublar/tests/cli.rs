@@ -5,7 +5,15 @@ use std::process::{Command, Output};
 
 use nublar_log::{BatchBuilder, Compression, Log, OpenOptions, TopicConfig};
 
+/// A child forked while a test here has a log open in-process holds a copy of that log's lock
+/// until it execs, so the lock can outlive the log's close by a moment and refuse the next
+/// opener. Filling a log takes this for writing; spawning a child, for reading.
+static FORKS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 fn nublar(args: &[&str]) -> Output {
+    let _forking = FORKS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     Command::new(env!("CARGO_BIN_EXE_nublar"))
         .args(args)
         .output()
@@ -47,6 +55,9 @@ fn help_lists_the_subcommands_and_version_prints_the_version() {
 }
 
 fn fill(data: &Path) {
+    let _no_forks = FORKS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let log = Log::open_with(
         data.join("log"),
         OpenOptions {
