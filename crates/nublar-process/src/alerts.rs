@@ -241,12 +241,13 @@ impl Alerts {
                     else {
                         continue;
                     };
-                    let Some(fence) = event.tag(paddock_tag).and_then(|name| paddocks.get(name))
+                    let Some((paddock, fence)) = event
+                        .tag(paddock_tag)
+                        .and_then(|name| Some((name, paddocks.get(name)?)))
                     else {
                         continue;
                     };
                     let inside = polygon_contains(fence, GeoPoint { lat, lon });
-                    let paddock = event.tag(paddock_tag).unwrap_or_default();
                     if !inside && !watch.firing {
                         watch.firing = true;
                         out.push(alert(

@@ -162,6 +162,21 @@ fn absence_follows_the_clock_it_is_given() {
     assert_eq!(out[0].series, "station=a");
 }
 
+/// One geofence rule, `breach`, on collars over `paddocks`, named by the `paddock` tag.
+fn geofence(paddocks: HashMap<String, Vec<GeoPoint>>) -> Alerts {
+    Alerts::new(
+        vec![Rule {
+            name: "breach".into(),
+            measurement: "collar".into(),
+            kind: RuleKind::Geofence {
+                paddock_tag: "paddock".into(),
+                paddocks,
+            },
+        }],
+        1_000,
+    )
+}
+
 #[test]
 fn a_geofence_sees_the_notch_of_a_concave_paddock_as_outside() {
     // A U: two arms joined at the bottom; the notch between the arms is outside.
@@ -175,17 +190,7 @@ fn a_geofence_sees_the_notch_of_a_concave_paddock_as_outside() {
         GeoPoint { lat: 3.0, lon: 1.0 },
         GeoPoint { lat: 3.0, lon: 0.0 },
     ];
-    let mut alerts = Alerts::new(
-        vec![Rule {
-            name: "breach".into(),
-            measurement: "collar".into(),
-            kind: RuleKind::Geofence {
-                paddock_tag: "paddock".into(),
-                paddocks: HashMap::from([("u".to_owned(), u)]),
-            },
-        }],
-        100,
-    );
+    let mut alerts = geofence(HashMap::from([("u".to_owned(), u)]));
     let mut out = Vec::new();
     let tags = [("animal", "rex"), ("species", "lion"), ("paddock", "u")];
     for (second, lat, lon) in [
@@ -231,17 +236,7 @@ fn a_geofence_reads_the_paddocks_of_the_park_file() {
         .iter()
         .map(|paddock| (paddock.name.clone(), paddock.fence.clone()))
         .collect();
-    let mut alerts = Alerts::new(
-        vec![Rule {
-            name: "breach".into(),
-            measurement: "collar".into(),
-            kind: RuleKind::Geofence {
-                paddock_tag: "paddock".into(),
-                paddocks,
-            },
-        }],
-        1_000,
-    );
+    let mut alerts = geofence(paddocks);
     let mut out = Vec::new();
     for (index, animal) in park.animals().iter().enumerate() {
         let paddock = &park.paddocks()[animal.paddock].name;
