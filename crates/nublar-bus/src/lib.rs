@@ -20,8 +20,8 @@ use async_trait::async_trait;
 pub use nublar_log::limits::BATCH_KEY_BYTES_MAX;
 use nublar_log::{AppendError, Log, LogError, ReadError};
 pub use nublar_log::{
-    AppendOutcome, Batch, BatchBuilder, BatchView, Compression, Durability, Guarantee, ReadBatches,
-    Record, TopicConfig,
+    AppendOutcome, Batch, BatchBuilder, BatchError, BatchView, Compression, Durability, Guarantee,
+    ReadBatches, Record, TopicConfig,
 };
 
 /// Where a read starts.

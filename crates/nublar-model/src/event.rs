@@ -39,7 +39,7 @@ pub struct Field<'a> {
 }
 
 /// The five value types of line protocol; each maps to one lake column type.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum FieldValue<'a> {
     F64(f64),
     I64(i64),

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use nublar_model::{FieldValue, ParsedLine};
 use nublar_sim::geo::{GeoPoint, polygon_contains};
+use serde::{Deserialize, Serialize};
 
 use crate::series::canonical_series;
 
@@ -51,7 +52,7 @@ pub enum RuleKind {
 }
 
 /// A change of an alert's state.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub rule: String,
     pub db: String,
@@ -66,7 +67,8 @@ pub struct Alert {
     pub message: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AlertState {
     Firing,
     Resolved,
@@ -82,7 +84,7 @@ impl AlertState {
 }
 
 /// What a rule remembers of one series.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Watch {
     firing: bool,
     /// Threshold: when the current run of out-of-bounds values began.
@@ -93,10 +95,20 @@ struct Watch {
     seen_ns: i64,
 }
 
+/// What one rule knows, by (database, series).
+type SeriesWatches = HashMap<(String, String), Watch>;
+
+/// What the rules know of their series, by rule name, for a snapshot.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AlertsState {
+    watches: Vec<(String, SeriesWatches)>,
+    series_unwatched: u64,
+}
+
 pub struct Alerts {
     rules: Vec<Rule>,
     /// Per rule: (database, series) → what the rule knows of it.
-    watches: Vec<HashMap<(String, String), Watch>>,
+    watches: Vec<SeriesWatches>,
     series_max: usize,
     series_unwatched: u64,
 }
@@ -109,6 +121,34 @@ impl Alerts {
             watches,
             series_max,
             series_unwatched: 0,
+        }
+    }
+
+    pub fn state(&self) -> AlertsState {
+        AlertsState {
+            watches: self
+                .rules
+                .iter()
+                .zip(&self.watches)
+                .map(|(rule, watches)| (rule.name.clone(), watches.clone()))
+                .collect(),
+            series_unwatched: self.series_unwatched,
+        }
+    }
+
+    /// The rules of `rules` with what `state` knew of the rules of the same name; a rule that
+    /// is new starts knowing nothing, and what removed rules knew is forgotten.
+    pub fn restore(rules: Vec<Rule>, series_max: usize, state: AlertsState) -> Alerts {
+        let mut known: HashMap<String, SeriesWatches> = state.watches.into_iter().collect();
+        let watches = rules
+            .iter()
+            .map(|rule| known.remove(&rule.name).unwrap_or_default())
+            .collect();
+        Alerts {
+            rules,
+            watches,
+            series_max,
+            series_unwatched: state.series_unwatched,
         }
     }
 

@@ -14,9 +14,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use nublar_model::{FieldValue, ParsedLine};
+use serde::{Deserialize, Serialize};
 
 /// How long and how many events are remembered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupConfig {
     /// Event time behind the watermark within which a repeat is a duplicate, in nanoseconds.
     pub window_ns: i64,
@@ -44,7 +45,7 @@ pub enum Seen {
     TooOldToCheck,
 }
 
-#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupCounters {
     pub duplicates: u64,
     pub too_old_to_check: u64,
@@ -52,6 +53,7 @@ pub struct DedupCounters {
     pub forgotten_early: u64,
 }
 
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Dedup {
     config: DedupConfig,
     watermark_ns: Option<i64>,
@@ -70,6 +72,13 @@ impl Dedup {
             by_time: BTreeMap::new(),
             counters: DedupCounters::default(),
         }
+    }
+
+    /// What these digests are under another configuration: a shorter window or a lower bound
+    /// forgets the surplus at the next event.
+    pub fn with_config(mut self, config: DedupConfig) -> Dedup {
+        self.config = config;
+        self
     }
 
     pub fn counters(&self) -> DedupCounters {

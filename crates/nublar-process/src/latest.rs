@@ -8,18 +8,19 @@
 use std::collections::{BTreeMap, HashMap};
 
 use nublar_model::{FieldValue, ParsedLine};
+use serde::{Deserialize, Serialize};
 
 use crate::series::canonical_series;
 
 /// A field's latest value.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     pub time_ns: i64,
     pub value: FieldValue<'static>,
 }
 
 /// One series: its tags and the latest reading of each of its fields.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SeriesState {
     pub db: String,
     pub measurement: String,
@@ -42,6 +43,7 @@ impl SeriesState {
     }
 }
 
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Latest {
     /// (database, measurement, series) → state.
     series: HashMap<(String, String, String), SeriesState>,
@@ -56,6 +58,12 @@ impl Latest {
             series_max,
             series_dropped: 0,
         }
+    }
+
+    /// This state under another bound; series already held are kept.
+    pub fn with_series_max(mut self, series_max: usize) -> Latest {
+        self.series_max = series_max;
+        self
     }
 
     pub fn len(&self) -> usize {

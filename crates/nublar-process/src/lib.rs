@@ -8,5 +8,7 @@
 pub mod alerts;
 pub mod dedup;
 pub mod latest;
+pub mod pipeline;
+pub mod runner;
 pub mod series;
 pub mod windows;

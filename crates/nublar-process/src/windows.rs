@@ -18,11 +18,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use nublar_model::{FieldValue, ParsedLine};
+use serde::{Deserialize, Serialize};
 
 use crate::series::canonical_series;
 
 /// How windows are cut and how long they wait for late events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowConfig {
     /// The width of a window, in nanoseconds.
     pub width_ns: i64,
@@ -43,7 +44,7 @@ impl Default for WindowConfig {
 }
 
 /// What one aggregate is of: a numeric field of a series of a measurement of a database.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SeriesField {
     pub db: String,
     pub measurement: String,
@@ -53,7 +54,7 @@ pub struct SeriesField {
 }
 
 /// The values of one field of one series within one window.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Aggregate {
     pub window_start_ns: i64,
     pub key: SeriesField,
@@ -97,6 +98,7 @@ pub enum Added {
 
 /// The open windows of one stream of events (for example one log partition, in which every
 /// series keeps its order).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Windows {
     config: WindowConfig,
     watermark_ns: Option<i64>,
@@ -120,6 +122,15 @@ impl Windows {
             closed_early_through: None,
             windows_closed_early: 0,
         }
+    }
+
+    /// These windows under another configuration (after a restart with new settings): the open
+    /// windows keep their starts and close by the new width and lateness.
+    pub fn with_config(mut self, config: WindowConfig) -> Windows {
+        assert!(config.width_ns > 0, "a window is at least 1 ns wide");
+        assert!(config.allowed_lateness_ns >= 0, "lateness is not negative");
+        self.config = config;
+        self
     }
 
     /// The latest event time seen.
