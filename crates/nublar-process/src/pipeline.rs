@@ -194,6 +194,8 @@ pub struct Pipeline {
     latest: Option<Arc<Mutex<Latest>>>,
     ids: [IdCounter; 4],
     counters: PipelineCounters,
+    /// The latest append time of the input processed, in nanoseconds.
+    received_ns: Option<i64>,
     /// Scratch space reused for every aggregate closed and alert raised.
     closed: Vec<Aggregate>,
     raised: Vec<Alert>,
@@ -241,6 +243,7 @@ impl Pipeline {
                 .map(|series_max| Arc::new(Mutex::new(Latest::new(series_max)))),
             ids: Default::default(),
             counters: PipelineCounters::default(),
+            received_ns: None,
             closed: Vec::new(),
             raised: Vec::new(),
         }
@@ -315,6 +318,11 @@ impl Pipeline {
         self.counters
     }
 
+    /// The latest append time of the input processed so far (since the start or restore).
+    pub fn received_ns(&self) -> Option<i64> {
+        self.received_ns
+    }
+
     /// Open aggregates and watched series, for `/metrics`.
     pub fn open_aggregates(&self) -> usize {
         self.windows.as_ref().map_or(0, Windows::open_aggregates)
@@ -345,6 +353,10 @@ impl Pipeline {
             |error: nublar_bus::BatchError| nublar_bus::BusError::Corruption(error.to_string());
         let records = batch.records().map_err(corrupt)?;
         let received_ns = batch.max_timestamp().saturating_mul(1_000_000);
+        self.received_ns = Some(
+            self.received_ns
+                .map_or(received_ns, |old| old.max(received_ns)),
+        );
         let mut db: Option<&str> = None;
         let mut sender: Option<&str> = None;
         let mut kept: Option<KeptBatch> = None;

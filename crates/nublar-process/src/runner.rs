@@ -261,7 +261,7 @@ impl Runner {
 
     /// Creates the output topics the pipeline writes (as many partitions as the input, except
     /// a topic that already exists) and requires the group on the input.
-    async fn prepare(&self) -> Result<u32, RunnerError> {
+    pub async fn prepare(&self) -> Result<u32, RunnerError> {
         let partitions = self.bus.partitions(&self.config.input).await?;
         let probe = Pipeline::new(&self.config.pipeline);
         for output in Output::ALL {
@@ -347,11 +347,20 @@ impl Runner {
             let caught_up = run.journal.is_empty() && run.replay_through <= run.position;
             if caught_up && last_tick.elapsed() >= self.config.tick_interval {
                 last_tick = Instant::now();
+                let pipeline = run.pipeline.as_mut().expect("the pipeline is home");
+                // Behind its input (a backlog after a restart, a burst), a partition's clock
+                // is the append time of what it has read: a series is silent only if the log
+                // holds nothing of it, not because its events wait to be read.
+                let end = self.bus.offsets(&self.config.input, partition).await?.end;
+                let clock = (self.config.clock)();
+                let now_ns = match pipeline.received_ns() {
+                    Some(received) if run.position < end => received.min(clock),
+                    _ => clock,
+                };
                 let tick = Tick {
                     at: run.position,
-                    now_ns: (self.config.clock)(),
+                    now_ns,
                 };
-                let pipeline = run.pipeline.as_mut().expect("the pipeline is home");
                 pipeline.tick(tick, &mut emitted);
                 self.write(partition, &mut run, &mut emitted, Some(tick))
                     .await?;

@@ -33,6 +33,9 @@ pub enum BenchCommand {
     /// The lake sink from the log into committed Delta on one core, beside DuckDB converting
     /// the same rows from CSV to Parquet.
     Lake(crate::bench_lake::LakeBenchArgs),
+    /// Events per second through duplicates, windows (late events to the dead letters), alerts
+    /// and latest state together on one thread, and through each alone.
+    Processors(crate::bench_processors::ProcessorsBenchArgs),
     /// How long after its acknowledgement an event is visible to a query, under load.
     Freshness(crate::bench_freshness::FreshnessArgs),
     /// SQL over a large weather table in a running node, beside DuckDB over the same files.
@@ -97,6 +100,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::BfdSessions(args) => crate::bench_bfd::run(args),
         BenchCommand::Failover(args) => crate::bench_failover::run(args),
         BenchCommand::Lake(args) => crate::bench_lake::run(args),
+        BenchCommand::Processors(args) => crate::bench_processors::run(args),
         BenchCommand::Freshness(args) => crate::bench_freshness::run(args),
         BenchCommand::Query(args) => crate::bench_query::run(args),
         BenchCommand::Parse(args) => {

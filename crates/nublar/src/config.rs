@@ -31,6 +31,7 @@ pub struct NodeConfig {
     pub schema: SchemaSection,
     pub lake: LakeSection,
     pub query: QuerySection,
+    pub processors: crate::processors::ProcessorsSection,
 }
 
 /// Bounds on SQL queries, over the node's API and from `nublar query`.

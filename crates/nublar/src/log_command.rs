@@ -226,6 +226,18 @@ pub fn post_to_node(
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<String> {
+    ask_node_with(data, token, "POST", path, body)
+}
+
+/// Sends one request with `method` to `path` on the node that owns `data`; as
+/// [`post_to_node`].
+pub fn ask_node_with(
+    data: &Path,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<String> {
     let file = data.join(NODE_FILE);
     let text = std::fs::read_to_string(&file).with_context(|| {
         format!(
@@ -240,7 +252,7 @@ pub fn post_to_node(
         .as_str()
         .and_then(|text| text.parse().ok())
         .with_context(|| format!("{} names no HTTP address", file.display()))?;
-    let (status, text) = http_request(address, "POST", path, token, body).with_context(|| {
+    let (status, text) = http_request(address, method, path, token, body).with_context(|| {
         format!(
             "a node owns {} but does not answer on {address}",
             data.display()

@@ -5,6 +5,7 @@ mod bench_bfd;
 mod bench_failover;
 mod bench_freshness;
 mod bench_lake;
+mod bench_processors;
 mod bench_query;
 mod bfd_command;
 mod config;
@@ -13,6 +14,7 @@ mod failover;
 mod lake_command;
 mod log_command;
 mod node_child;
+mod processors;
 mod query_command;
 mod serve;
 mod sim;
@@ -58,6 +60,8 @@ enum Command {
     Query(query_command::QueryArgs),
     /// The lake's tables, and their maintenance (asking the node when one owns the directory).
     Lake(lake_command::LakeArgs),
+    /// The latest reading of every field of the series that match, from the running node.
+    Latest(processors::LatestArgs),
     /// BFD sessions of the node running on the data directory (`nublar bfd status`).
     Bfd(bfd_command::BfdArgs),
     /// Benchmark programs; each prints its figures and the machine they ran on.
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Command::Query(args) => query_command::run(&cli.data, args),
         Command::Lake(args) => lake_command::run(&cli.data, args),
         Command::Bfd(args) => bfd_command::run(&cli.data, args),
+        Command::Latest(args) => processors::run_latest(&cli.data, args),
         Command::Bench(command) => bench::run(command),
     };
     match result {

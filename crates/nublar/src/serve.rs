@@ -130,7 +130,9 @@ async fn serve(
     let bus: Arc<dyn Bus> = EmbeddedBus::new(log.clone()).into_shared();
     let open = ingest.access.is_open();
     let gateway = Gateway::new(bus.clone(), ingest).await?;
-    // After the gateway, which creates the telemetry topic the sink reads.
+    // After the gateway, which creates the telemetry topic they read; before the lake, whose
+    // sinks read the topics the processors create.
+    let processors = start_processors(data, &node, bus.clone(), &gateway).await?;
     let lake = start_lake(data, &node, bus.clone(), &gateway)?;
     let (http_address, udp_address) = (node.http.listen, node.udp.listen);
     let http = TcpListener::bind(http_address)
@@ -204,6 +206,15 @@ async fn serve(
                     runtime: lake_work.clone(),
                 },
             ))
+            .merge(crate::processors::routes(
+                crate::processors::LatestService {
+                    gateway: gateway.clone(),
+                    shared: processors
+                        .as_ref()
+                        .filter(|_| node.processors.latest.enabled)
+                        .map(|(shared, _, _)| shared.clone()),
+                },
+            ))
             .merge(crate::lake_command::routes(
                 crate::lake_command::LakeOperator {
                     gateway: gateway.clone(),
@@ -255,6 +266,17 @@ async fn serve(
         );
     }
     let _ = stop_maintenance.send(true);
+    if let Some((_, stop_processors, processors_task)) = processors {
+        // Each partition writes a last snapshot, so the next start reads nothing again.
+        let _ = stop_processors.send(true);
+        match tokio::time::timeout(Duration::from_secs(drain_seconds.max(1)), processors_task).await
+        {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => eprintln!("processors: {error}"),
+            Ok(Err(error)) => eprintln!("processors task failed: {error}"),
+            Err(_) => eprintln!("processors did not write their last snapshots in time"),
+        }
+    }
     if let Some((stop_lake, lake_task)) = lake {
         // Everything acknowledged is in the log; what the sink still buffers is committed now,
         // and what it had not read yet it reads at the next start.
@@ -282,6 +304,37 @@ async fn serve(
 }
 
 type LakeTask = tokio::task::JoinHandle<Result<(), nublar_lake::LakeError>>;
+type ProcessorsTask = tokio::task::JoinHandle<Result<(), nublar_process::runner::RunnerError>>;
+
+/// Starts the processors unless `[processors]` turns them all off, with their counters in
+/// `/metrics`; their output topics exist when this returns.
+async fn start_processors(
+    data: &Path,
+    node: &NodeConfig,
+    bus: Arc<dyn Bus>,
+    gateway: &Gateway,
+) -> anyhow::Result<
+    Option<(
+        Arc<nublar_process::runner::RunnerShared>,
+        tokio::sync::watch::Sender<bool>,
+        ProcessorsTask,
+    )>,
+> {
+    let Some(config) = node.processors.runner(data)? else {
+        return Ok(None);
+    };
+    let runner = nublar_process::runner::Runner::new(bus, config);
+    runner.prepare().await.context("starting the processors")?;
+    let shared = runner.shared();
+    let metrics = shared.clone();
+    gateway.add_metrics(Arc::new(move || {
+        let text = crate::processors::prometheus(&metrics);
+        Box::pin(async move { text })
+    }));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(runner.run(stopped));
+    Ok(Some((shared, stop, task)))
+}
 
 /// Starts the lake sinks when `[lake]` is enabled (the telemetry, and the dead letters), with
 /// their counters in `/metrics` and the guard on the telemetry's lag.
@@ -291,26 +344,34 @@ fn start_lake(
     bus: Arc<dyn Bus>,
     gateway: &Gateway,
 ) -> anyhow::Result<Option<(tokio::sync::watch::Sender<bool>, LakeTask)>> {
-    let (Some(telemetry), Some(dead_letters)) =
+    let (Some(mut telemetry), Some(dead_letters)) =
         (node.lake.sink(data)?, node.lake.dead_letters_sink(data)?)
     else {
         return Ok(None);
     };
+    let derived = crate::processors::lake_sinks(&node.processors, &telemetry);
+    telemetry.topic = node.processors.telemetry_topic().into();
     let lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let guard = tokio::spawn(guard_lake_lag(
         bus.clone(),
         gateway.clone(),
         [&telemetry, &dead_letters]
-            .iter()
+            .into_iter()
+            .chain(&derived)
             .map(|sink| (sink.topic.clone(), sink.group.clone()))
             .collect(),
         node.lake.lag_events_max,
         lag.clone(),
     ));
-    let sinks = [
+    let mut sinks = vec![
         nublar_lake::Sink::new(bus.clone(), telemetry),
-        nublar_lake::Sink::new(bus, dead_letters),
+        nublar_lake::Sink::new(bus.clone(), dead_letters),
     ];
+    sinks.extend(
+        derived
+            .into_iter()
+            .map(|sink| nublar_lake::Sink::new(bus.clone(), sink)),
+    );
     let counters: Vec<(String, Arc<nublar_lake::SinkCounters>)> = sinks
         .iter()
         .map(|sink| (sink.topic().to_owned(), sink.counters()))

@@ -500,3 +500,48 @@ fn the_demo_runs_a_node_and_the_simulator_then_answers_from_the_lake() {
     let again = nublar(&["demo", "--dir", dir.to_str().unwrap()]);
     assert!(!again.status.success(), "a used directory is refused");
 }
+
+#[test]
+fn the_processors_benchmark_runs_every_processor_and_cleans_up() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = nublar(&[
+        "bench",
+        "processors",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--events",
+        "20000",
+        "--sensors",
+        "200",
+        "--batch",
+        "500",
+        "--duplicates",
+        "0.05",
+    ]);
+    let text = stdout(&output);
+    assert!(text.starts_with("machine: "), "{text}");
+    for run in [
+        "all: duplicates, windows, dead letters, alerts, latest",
+        "duplicates alone",
+        "windows alone",
+        "alerts alone",
+        "latest alone",
+        "decoding alone",
+    ] {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(run))
+            .unwrap_or_else(|| panic!("no line for {run}: {text}"));
+        assert!(line.contains(" M events/s"), "{line}");
+    }
+    let all = text.lines().find(|line| line.starts_with("all:")).unwrap();
+    assert!(
+        !all.contains("; 0 duplicates"),
+        "duplicates were sent: {all}"
+    );
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).unwrap().count(),
+        0,
+        "benchmark data deleted"
+    );
+}

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::NodeProcess;
+use common::{NodeProcess, free_port, nublar, nublar_ok, start_node};
 
 fn python_has_deltalake() -> Result<(), String> {
     let output = Command::new("python3")
@@ -32,52 +32,8 @@ fn python_has_deltalake() -> Result<(), String> {
     }
 }
 
-/// `nublar serve` on `data` with `config` as its TOML file, HTTP on `http`; its stderr is
-/// appended to `stderr.txt` there, so that restarts keep what earlier runs said.
-fn start_node(data: &Path, config: &str, http: &str) -> NodeProcess {
-    let file = data.join("node.toml");
-    std::fs::write(&file, config).unwrap();
-    let stderr = data.join("stderr.txt");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_nublar"));
-    command
-        .args(["serve", "--data", data.to_str().unwrap()])
-        .args(["--config", file.to_str().unwrap()])
-        .args(["--http", http, "--udp", "127.0.0.1:0"])
-        .args(["--partitions", "2", "--drain-seconds", "20"])
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&stderr)
-                .unwrap(),
-        );
-    NodeProcess::spawn(command, move || {
-        std::fs::read_to_string(&stderr).unwrap_or_default()
-    })
-}
-
 fn start(data: &Path) -> NodeProcess {
     start_node(data, "[lake]\ncommit_interval_ms = 200\n", "127.0.0.1:0")
-}
-
-/// `nublar --data dir …`, run to its end.
-fn nublar(dir: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nublar"))
-        .args(["--data", dir])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// What `nublar --data dir …` printed; it must succeed.
-fn nublar_ok(dir: &str, args: &[&str]) -> String {
-    let output = nublar(dir, args);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 /// The simulator ended well and says every one of `events` was acknowledged.
@@ -494,15 +450,6 @@ fn a_lake_that_cannot_keep_up_holds_writes_back_until_it_catches_up() {
         ],
     );
     assert_eq!(counted, "n,distinct_n\n150,150\n");
-}
-
-/// A port nothing listens on now, for a node that must come back at the same address.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

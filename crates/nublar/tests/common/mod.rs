@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -97,4 +98,57 @@ pub fn request(
         .and_then(|status| status.parse().ok())
         .expect("a status line");
     (status, reply[end + 4..].to_vec())
+}
+
+/// `nublar serve` on `data` with `config` as its TOML file, HTTP on `http`; its stderr is
+/// appended to `stderr.txt` there, so that restarts keep what earlier runs said.
+pub fn start_node(data: &Path, config: &str, http: &str) -> NodeProcess {
+    let file = data.join("node.toml");
+    std::fs::write(&file, config).unwrap();
+    let stderr = data.join("stderr.txt");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nublar"));
+    command
+        .args(["serve", "--data", data.to_str().unwrap()])
+        .args(["--config", file.to_str().unwrap()])
+        .args(["--http", http, "--udp", "127.0.0.1:0"])
+        .args(["--partitions", "2", "--drain-seconds", "20"])
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&stderr)
+                .unwrap(),
+        );
+    NodeProcess::spawn(command, move || {
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    })
+}
+
+/// `nublar --data dir …`, run to its end.
+pub fn nublar(dir: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nublar"))
+        .args(["--data", dir])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// What `nublar --data dir …` printed; it must succeed.
+pub fn nublar_ok(dir: &str, args: &[&str]) -> String {
+    let output = nublar(dir, args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A port nothing listens on now, for a node that must come back at the same address.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

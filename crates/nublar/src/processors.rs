@@ -1,0 +1,826 @@
+//! The processors in a node: their `[processors]` configuration, their lake tables
+//! (`_agg_1m`, `_alerts`), `/metrics`, `GET /api/v1/latest` and `nublar latest`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use nublar_ingest::{Denied, Gateway};
+use nublar_model::{FieldType, FieldValue};
+use nublar_process::alerts::{Rule, RuleKind};
+use nublar_process::dedup::DedupConfig;
+use nublar_process::pipeline::{AlertsConfig, PipelineConfig};
+use nublar_process::runner::{
+    AGGREGATES_TOPIC, ALERTS_TOPIC, DEDUPLICATED_TOPIC, RunnerConfig, RunnerShared,
+};
+use nublar_process::windows::WindowConfig;
+use serde::Deserialize;
+
+const SECOND_NS: f64 = 1e9;
+
+/// `[processors]`: which run, and how. Every option is in `docs/nublar.example.toml`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessorsSection {
+    pub enabled: bool,
+    pub snapshot_interval_seconds: f64,
+    pub tick_interval_ms: u64,
+    pub dedup: DedupSection,
+    pub windows: WindowsSection,
+    pub alerts: AlertsSection,
+    pub latest: LatestSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupSection {
+    pub enabled: bool,
+    pub window_seconds: f64,
+    pub keys_max: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowsSection {
+    pub enabled: bool,
+    pub width_seconds: f64,
+    pub allowed_lateness_seconds: f64,
+    pub open_aggregates_max: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsSection {
+    pub enabled: bool,
+    pub series_max: usize,
+    /// The park's GeoJSON (as `nublar sim --park-out` writes it), for geofence rules; relative
+    /// to the data directory.
+    pub park_file: PathBuf,
+    pub rules: Vec<RuleSection>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LatestSection {
+    pub enabled: bool,
+    pub series_max: usize,
+}
+
+/// One `[[processors.alerts.rules]]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    pub name: String,
+    pub measurement: String,
+    /// `threshold`, `rate_of_change`, `absence` or `geofence`.
+    pub kind: String,
+    pub field: Option<String>,
+    pub above: Option<f64>,
+    pub below: Option<f64>,
+    pub for_seconds: Option<f64>,
+    pub per_second_max: Option<f64>,
+    pub paddock_tag: Option<String>,
+}
+
+impl Default for ProcessorsSection {
+    fn default() -> ProcessorsSection {
+        ProcessorsSection {
+            enabled: true,
+            snapshot_interval_seconds: 10.0,
+            tick_interval_ms: 1000,
+            dedup: DedupSection::default(),
+            windows: WindowsSection::default(),
+            alerts: AlertsSection::default(),
+            latest: LatestSection::default(),
+        }
+    }
+}
+
+impl Default for DedupSection {
+    fn default() -> DedupSection {
+        let dedup = DedupConfig::default();
+        DedupSection {
+            // Off unless asked: the deduplicated stream is a second copy of the telemetry.
+            enabled: false,
+            window_seconds: dedup.window_ns as f64 / SECOND_NS,
+            keys_max: dedup.keys_max,
+        }
+    }
+}
+
+impl Default for WindowsSection {
+    fn default() -> WindowsSection {
+        let windows = WindowConfig::default();
+        WindowsSection {
+            enabled: true,
+            width_seconds: windows.width_ns as f64 / SECOND_NS,
+            allowed_lateness_seconds: windows.allowed_lateness_ns as f64 / SECOND_NS,
+            open_aggregates_max: windows.open_aggregates_max,
+        }
+    }
+}
+
+impl Default for AlertsSection {
+    fn default() -> AlertsSection {
+        AlertsSection {
+            enabled: true,
+            series_max: 1_000_000,
+            park_file: PathBuf::from("park.geojson"),
+            rules: default_rules(),
+        }
+    }
+}
+
+impl Default for LatestSection {
+    fn default() -> LatestSection {
+        LatestSection {
+            enabled: true,
+            series_max: 1_000_000,
+        }
+    }
+}
+
+/// Rules for the park the simulator sends: a fence losing voltage (`--stage-breach`), a
+/// collar outside its paddock (the same stage; needs the park file), a weather station gone
+/// silent (`--stage-silence`).
+fn default_rules() -> Vec<RuleSection> {
+    vec![
+        RuleSection {
+            name: "fence_voltage_low".into(),
+            measurement: "fence".into(),
+            kind: "threshold".into(),
+            field: Some("voltage_kv".into()),
+            below: Some(5.0),
+            for_seconds: Some(0.0),
+            ..RuleSection::default()
+        },
+        RuleSection {
+            name: "collar_outside_paddock".into(),
+            measurement: "collar".into(),
+            kind: "geofence".into(),
+            paddock_tag: Some("paddock".into()),
+            ..RuleSection::default()
+        },
+        RuleSection {
+            name: "weather_station_silent".into(),
+            measurement: "weather".into(),
+            kind: "absence".into(),
+            for_seconds: Some(30.0),
+            ..RuleSection::default()
+        },
+    ]
+}
+
+fn seconds_ns(seconds: f64, name: &str) -> anyhow::Result<i64> {
+    anyhow::ensure!(
+        (0.0..1e9).contains(&seconds),
+        "{name} must be between 0 and 1e9 seconds, not {seconds}"
+    );
+    Ok((seconds * SECOND_NS) as i64)
+}
+
+impl ProcessorsSection {
+    /// The runner's configuration for a node in `data`; `None` when no processor runs. A
+    /// geofence rule whose park file does not exist is left out, with a warning.
+    pub fn runner(&self, data: &Path) -> anyhow::Result<Option<RunnerConfig>> {
+        let pipeline = self.pipeline(data)?;
+        if !self.enabled
+            || (pipeline.dedup.is_none()
+                && pipeline.windows.is_none()
+                && pipeline.alerts.is_none()
+                && pipeline.latest_series_max.is_none())
+        {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            self.snapshot_interval_seconds > 0.0 && self.snapshot_interval_seconds <= 3600.0,
+            "processors.snapshot_interval_seconds must be more than 0 and at most 3600"
+        );
+        anyhow::ensure!(
+            (10..=60_000).contains(&self.tick_interval_ms),
+            "processors.tick_interval_ms must be between 10 and 60000"
+        );
+        let mut config = RunnerConfig::new(data.join("processors"), pipeline);
+        config.snapshot_interval = Duration::from_secs_f64(self.snapshot_interval_seconds);
+        config.tick_interval = Duration::from_millis(self.tick_interval_ms);
+        if self.dedup.enabled {
+            // The lake reads the deduplicated stream instead of telemetry: start that stream
+            // where the lake had got to, so it is not sent what it holds.
+            config.first_start_from_group = Some("lake".into());
+        }
+        Ok(Some(config))
+    }
+
+    /// The topic the lake's telemetry sink reads: the deduplicated stream when it exists.
+    pub fn telemetry_topic(&self) -> &'static str {
+        if self.enabled && self.dedup.enabled {
+            DEDUPLICATED_TOPIC
+        } else {
+            nublar_ingest::TELEMETRY_TOPIC
+        }
+    }
+
+    fn pipeline(&self, data: &Path) -> anyhow::Result<PipelineConfig> {
+        let dedup = if self.dedup.enabled {
+            anyhow::ensure!(
+                self.dedup.keys_max > 0,
+                "processors.dedup.keys_max must be at least 1"
+            );
+            Some(DedupConfig {
+                window_ns: seconds_ns(
+                    self.dedup.window_seconds,
+                    "processors.dedup.window_seconds",
+                )?,
+                keys_max: self.dedup.keys_max,
+            })
+        } else {
+            None
+        };
+        let windows = if self.windows.enabled {
+            let width_ns = seconds_ns(
+                self.windows.width_seconds,
+                "processors.windows.width_seconds",
+            )?;
+            anyhow::ensure!(
+                width_ns > 0,
+                "processors.windows.width_seconds must be more than 0"
+            );
+            anyhow::ensure!(
+                self.windows.open_aggregates_max > 0,
+                "processors.windows.open_aggregates_max must be at least 1"
+            );
+            Some(WindowConfig {
+                width_ns,
+                allowed_lateness_ns: seconds_ns(
+                    self.windows.allowed_lateness_seconds,
+                    "processors.windows.allowed_lateness_seconds",
+                )?,
+                open_aggregates_max: self.windows.open_aggregates_max,
+            })
+        } else {
+            None
+        };
+        let alerts = if self.alerts.enabled {
+            Some(AlertsConfig {
+                rules: self.rules(data)?,
+                series_max: self.alerts.series_max,
+            })
+        } else {
+            None
+        };
+        Ok(PipelineConfig {
+            dedup,
+            windows,
+            alerts,
+            latest_series_max: self.latest.enabled.then_some(self.latest.series_max),
+        })
+    }
+
+    fn rules(&self, data: &Path) -> anyhow::Result<Vec<Rule>> {
+        let mut rules = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        let mut paddocks: Option<Option<HashMap<String, Vec<nublar_sim::geo::GeoPoint>>>> = None;
+        for (index, section) in self.alerts.rules.iter().enumerate() {
+            let name = &section.name;
+            let at = format!("processors.alerts.rules[{index}] ({name:?})");
+            anyhow::ensure!(!name.is_empty(), "{at}: name is missing");
+            anyhow::ensure!(
+                names.insert(name.clone()),
+                "{at}: another rule has this name"
+            );
+            anyhow::ensure!(
+                !section.measurement.is_empty(),
+                "{at}: measurement is missing"
+            );
+            let field = || {
+                section
+                    .field
+                    .clone()
+                    .with_context(|| format!("{at}: a {} rule needs field", section.kind))
+            };
+            let for_ns = |default: Option<f64>| -> anyhow::Result<i64> {
+                let seconds = section
+                    .for_seconds
+                    .or(default)
+                    .with_context(|| format!("{at}: a {} rule needs for_seconds", section.kind))?;
+                seconds_ns(seconds, &format!("{at}: for_seconds"))
+            };
+            let kind = match section.kind.as_str() {
+                "threshold" => {
+                    anyhow::ensure!(
+                        section.above.is_some() || section.below.is_some(),
+                        "{at}: a threshold rule needs above, below or both"
+                    );
+                    RuleKind::Threshold {
+                        field: field()?,
+                        above: section.above,
+                        below: section.below,
+                        for_ns: for_ns(Some(0.0))?,
+                    }
+                }
+                "rate_of_change" => {
+                    let per_second_max = section.per_second_max.with_context(|| {
+                        format!("{at}: a rate_of_change rule needs per_second_max")
+                    })?;
+                    anyhow::ensure!(
+                        per_second_max.is_finite() && per_second_max >= 0.0,
+                        "{at}: per_second_max must be a number at least 0"
+                    );
+                    RuleKind::RateOfChange {
+                        field: field()?,
+                        per_second_max,
+                    }
+                }
+                "absence" => {
+                    let for_ns = for_ns(None)?;
+                    anyhow::ensure!(for_ns > 0, "{at}: for_seconds must be more than 0");
+                    RuleKind::Absence { for_ns }
+                }
+                "geofence" => {
+                    let park = data.join(&self.alerts.park_file);
+                    let known = match &paddocks {
+                        Some(known) => known.clone(),
+                        None => {
+                            let read = read_paddocks(&park)?;
+                            paddocks = Some(read.clone());
+                            read
+                        }
+                    };
+                    let Some(known) = known else {
+                        eprintln!(
+                            "alert rule {name:?} is off: no park file at {} (write it with `nublar sim --park-out {}` and the same --seed and --sensors as the simulator)",
+                            park.display(),
+                            park.display()
+                        );
+                        continue;
+                    };
+                    RuleKind::Geofence {
+                        paddock_tag: section
+                            .paddock_tag
+                            .clone()
+                            .unwrap_or_else(|| "paddock".into()),
+                        paddocks: known,
+                    }
+                }
+                other => anyhow::bail!(
+                    "{at}: unknown kind {other:?}: expected threshold, rate_of_change, absence or geofence"
+                ),
+            };
+            rules.push(Rule {
+                name: name.clone(),
+                measurement: section.measurement.clone(),
+                kind,
+            });
+        }
+        Ok(rules)
+    }
+}
+
+/// The paddocks' fences of the park file, by name; `None` when there is no file.
+fn read_paddocks(
+    path: &Path,
+) -> anyhow::Result<Option<HashMap<String, Vec<nublar_sim::geo::GeoPoint>>>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    };
+    let park = nublar_sim::Park::from_geojson(&text)
+        .with_context(|| format!("reading the park in {}", path.display()))?;
+    Ok(Some(
+        park.paddocks()
+            .iter()
+            .map(|paddock| (paddock.name.clone(), paddock.fence.clone()))
+            .collect(),
+    ))
+}
+
+/// The lake tables of the processors' outputs, beside the telemetry's sink (whose settings
+/// they share).
+pub fn lake_sinks(
+    section: &ProcessorsSection,
+    telemetry: &nublar_lake::SinkConfig,
+) -> Vec<nublar_lake::SinkConfig> {
+    let mut sinks = Vec::new();
+    if !section.enabled {
+        return sinks;
+    }
+    if section.windows.enabled {
+        sinks.push(nublar_lake::SinkConfig {
+            topic: AGGREGATES_TOPIC.into(),
+            group: "lake-agg-1m".into(),
+            format: nublar_lake::RecordFormat::Json(nublar_lake::JsonTable {
+                table: AGGREGATES_TOPIC.into(),
+                db: "db".into(),
+                time: "window_start_ns".into(),
+                sender: None,
+                tags: vec!["measurement".into(), "series".into(), "field".into()],
+                fields: vec![
+                    ("count".into(), FieldType::I64),
+                    ("min".into(), FieldType::F64),
+                    ("max".into(), FieldType::F64),
+                    ("mean".into(), FieldType::F64),
+                    ("last".into(), FieldType::F64),
+                ],
+            }),
+            ..telemetry.clone()
+        });
+    }
+    if section.alerts.enabled {
+        sinks.push(nublar_lake::SinkConfig {
+            topic: ALERTS_TOPIC.into(),
+            group: "lake-alerts".into(),
+            format: nublar_lake::RecordFormat::Json(nublar_lake::JsonTable {
+                table: ALERTS_TOPIC.into(),
+                db: "db".into(),
+                time: "time_ns".into(),
+                sender: None,
+                tags: vec![
+                    "rule".into(),
+                    "measurement".into(),
+                    "series".into(),
+                    "state".into(),
+                ],
+                fields: vec![
+                    ("message".into(), FieldType::Str),
+                    ("value".into(), FieldType::F64),
+                    ("lat".into(), FieldType::F64),
+                    ("lon".into(), FieldType::F64),
+                ],
+            }),
+            ..telemetry.clone()
+        });
+    }
+    sinks
+}
+
+/// The processors' counters and gauges for `/metrics`.
+pub fn prometheus(shared: &RunnerShared) -> String {
+    let totals = shared.totals();
+    let counters = totals.counters;
+    let mut out = String::new();
+    let series: [(&str, &str, u64); 9] = [
+        ("nublar_processors_events_total", "counter", counters.events),
+        (
+            "nublar_processors_records_unreadable_total",
+            "counter",
+            counters.unreadable,
+        ),
+        (
+            "nublar_processors_duplicates_dropped_total",
+            "counter",
+            counters.duplicates,
+        ),
+        (
+            "nublar_processors_late_events_total",
+            "counter",
+            counters.late,
+        ),
+        (
+            "nublar_processors_aggregates_total",
+            "counter",
+            counters.aggregates,
+        ),
+        ("nublar_processors_alerts_total", "counter", counters.alerts),
+        (
+            "nublar_processors_snapshots_total",
+            "counter",
+            totals.snapshots,
+        ),
+        (
+            "nublar_processors_failed_rounds_total",
+            "counter",
+            totals.failed_rounds,
+        ),
+        (
+            "nublar_processors_open_aggregates",
+            "gauge",
+            totals.open_aggregates as u64,
+        ),
+    ];
+    for (name, kind, value) in series {
+        let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+    }
+    let _ = writeln!(
+        out,
+        "# TYPE nublar_processors_dedup_keys gauge\nnublar_processors_dedup_keys {}",
+        totals.dedup_keys
+    );
+    out
+}
+
+/// Where a node answers latest readings.
+pub const LATEST_PATH: &str = "/api/v1/latest";
+/// Series in one answer at most, unless `limit` asks for fewer.
+const LATEST_LIMIT_MAX: usize = 100_000;
+const LATEST_LIMIT_DEFAULT: usize = 10_000;
+
+#[derive(Clone)]
+pub struct LatestService {
+    pub gateway: Gateway,
+    /// `None` when latest state is off.
+    pub shared: Option<Arc<RunnerShared>>,
+}
+
+pub fn routes(service: LatestService) -> axum::Router {
+    axum::Router::new()
+        .route(LATEST_PATH, axum::routing::get(latest))
+        .with_state(service)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// `?db=…&measurement=…&limit=…`; every other parameter is a tag that must match.
+async fn latest(
+    State(service): State<LatestService>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(mut parameters): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(db) = parameters.remove("db").filter(|db| !db.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing db: the database to look in",
+        );
+    };
+    let access = service.gateway.access();
+    let sender = access.client_address(peer.ip(), &headers);
+    if let Err(denied) = access.check_read(sender, &headers, &db) {
+        return match denied {
+            Denied::Unauthenticated(message) => error(StatusCode::UNAUTHORIZED, &message),
+            Denied::Forbidden(message) => error(StatusCode::FORBIDDEN, &message),
+        };
+    }
+    let Some(shared) = &service.shared else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "latest state is off on this node ([processors.latest] enabled = false)",
+        );
+    };
+    let limit = match parameters
+        .remove("limit")
+        .map(|limit| limit.parse::<usize>())
+    {
+        None => LATEST_LIMIT_DEFAULT,
+        Some(Ok(limit)) if (1..=LATEST_LIMIT_MAX).contains(&limit) => limit,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("limit must be a number from 1 to {LATEST_LIMIT_MAX}"),
+            );
+        }
+    };
+    let measurement = parameters.remove("measurement").filter(|m| !m.is_empty());
+    let tags: Vec<(&str, &str)> = parameters
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    let found = shared.latest(&db, measurement.as_deref(), &tags);
+    let truncated = found.len() > limit;
+    let series: Vec<serde_json::Value> = found
+        .iter()
+        .take(limit)
+        .map(|state| {
+            let fields: serde_json::Map<String, serde_json::Value> = state
+                .fields
+                .iter()
+                .map(|(name, reading)| {
+                    let value = match &reading.value {
+                        FieldValue::F64(value) => serde_json::json!(value),
+                        FieldValue::I64(value) => serde_json::json!(value),
+                        FieldValue::U64(value) => serde_json::json!(value),
+                        FieldValue::Bool(value) => serde_json::json!(value),
+                        FieldValue::Str(value) => serde_json::json!(value),
+                    };
+                    (
+                        name.clone(),
+                        serde_json::json!({ "value": value, "time_ns": reading.time_ns }),
+                    )
+                })
+                .collect();
+            serde_json::json!({
+                "measurement": state.measurement,
+                "series": state.series,
+                "tags": state.tags,
+                "fields": fields,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "series": series, "truncated": truncated })).into_response()
+}
+
+/// `nublar latest [--measurement M] [--tag KEY=VALUE]…`
+#[derive(clap::Args)]
+pub struct LatestArgs {
+    /// The database to look in.
+    #[arg(long, default_value = crate::query_command::DEFAULT_DB)]
+    db: String,
+    /// Only series of this measurement.
+    #[arg(long)]
+    measurement: Option<String>,
+    /// Only series with this tag value (repeatable: all must match).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
+    /// Series shown at most.
+    #[arg(long, default_value_t = LATEST_LIMIT_DEFAULT)]
+    limit: usize,
+    /// table, or json (the node's answer as it is).
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Read token (`Authorization: Token …`).
+    #[arg(long, env = "NUBLAR_TOKEN")]
+    token: Option<String>,
+}
+
+/// Asks the node running on `data` for the latest readings and prints them.
+pub fn run_latest(data: &Path, args: LatestArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(args.format.as_str(), "table" | "json"),
+        "--format must be table or json"
+    );
+    let mut query = vec![("db".to_owned(), args.db.clone())];
+    if let Some(measurement) = &args.measurement {
+        query.push(("measurement".into(), measurement.clone()));
+    }
+    for tag in &args.tags {
+        let (key, value) = tag
+            .split_once('=')
+            .with_context(|| format!("--tag {tag:?} is not KEY=VALUE"))?;
+        anyhow::ensure!(
+            !matches!(key, "db" | "measurement" | "limit"),
+            "--tag {key}: that name is a parameter of the query; it cannot be a tag here"
+        );
+        query.push((key.to_owned(), value.to_owned()));
+    }
+    query.push(("limit".into(), args.limit.to_string()));
+    let path = format!("{LATEST_PATH}?{}", encode_query(&query));
+    let text = crate::log_command::ask_node_with(data, args.token.as_deref(), "GET", &path, b"")?;
+    if args.format == "json" {
+        println!("{}", text.trim());
+        return Ok(());
+    }
+    let answer: serde_json::Value =
+        serde_json::from_str(&text).context("reading the node's answer")?;
+    print!("{}", render_latest(&answer));
+    Ok(())
+}
+
+fn encode_query(pairs: &[(String, String)]) -> String {
+    let encode = |text: &str| {
+        let mut out = String::new();
+        for byte in text.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+                out.push(byte as char);
+            } else {
+                let _ = write!(out, "%{byte:02X}");
+            }
+        }
+        out
+    };
+    pairs
+        .iter()
+        .map(|(key, value)| format!("{}={}", encode(key), encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// One line per field: measurement, series, field, value, and the reading's time (UTC).
+fn render_latest(answer: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<12} {:<48} {:<14} {:>20} TIME",
+        "MEASUREMENT", "SERIES", "FIELD", "VALUE"
+    );
+    let mut lines = 0;
+    for series in answer["series"].as_array().into_iter().flatten() {
+        for (field, reading) in series["fields"].as_object().into_iter().flatten() {
+            lines += 1;
+            let time = reading["time_ns"].as_i64().map_or("-".into(), utc_text);
+            let _ = writeln!(
+                out,
+                "{:<12} {:<48} {:<14} {:>20} {}",
+                series["measurement"].as_str().unwrap_or(""),
+                series["series"].as_str().unwrap_or(""),
+                field,
+                reading["value"].to_string(),
+                time
+            );
+        }
+    }
+    if answer["truncated"] == true {
+        let _ = writeln!(
+            out,
+            "(more series match: ask with a larger --limit or a narrower query)"
+        );
+    } else if lines == 0 {
+        let _ = writeln!(out, "(no series match)");
+    }
+    out
+}
+
+/// `2026-11-26T17:23:20.123Z` for nanoseconds since the epoch.
+fn utc_text(ns: i64) -> String {
+    let seconds = ns.div_euclid(1_000_000_000);
+    let millis = ns.rem_euclid(1_000_000_000) / 1_000_000;
+    let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date, counting in 400-year eras from 0000-03-01.
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_written_as_utc() {
+        assert_eq!(utc_text(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            utc_text(1_795_713_800_123_000_000),
+            "2026-11-26T17:23:20.123Z"
+        );
+        assert_eq!(
+            utc_text(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(utc_text(-1_000_000), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn rules_name_what_is_wrong_with_them() {
+        let data = tempfile::tempdir().unwrap();
+        let mut section = ProcessorsSection::default();
+        section.alerts.rules = vec![RuleSection {
+            name: "hot".into(),
+            measurement: "weather".into(),
+            kind: "threshold".into(),
+            field: Some("temp_c".into()),
+            ..RuleSection::default()
+        }];
+        let error = section.runner(data.path()).err().unwrap().to_string();
+        assert!(error.contains("above, below or both"), "{error}");
+        section.alerts.rules[0].kind = "hotness".into();
+        let error = section.runner(data.path()).err().unwrap().to_string();
+        assert!(error.contains("unknown kind \"hotness\""), "{error}");
+    }
+
+    #[test]
+    fn the_default_rules_watch_the_simulators_stages_and_geofence_only_with_a_park_file() {
+        let data = tempfile::tempdir().unwrap();
+        let section = ProcessorsSection::default();
+        let rules = |config: RunnerConfig| -> Vec<String> {
+            config
+                .pipeline
+                .alerts
+                .unwrap()
+                .rules
+                .into_iter()
+                .map(|rule| rule.name)
+                .collect()
+        };
+        let without_park = rules(section.runner(data.path()).unwrap().unwrap());
+        assert_eq!(
+            without_park,
+            ["fence_voltage_low", "weather_station_silent"]
+        );
+        let park = nublar_sim::Park::generate(&nublar_sim::ParkConfig::default()).unwrap();
+        std::fs::write(data.path().join("park.geojson"), park.to_geojson()).unwrap();
+        let with_park = rules(section.runner(data.path()).unwrap().unwrap());
+        assert_eq!(
+            with_park,
+            [
+                "fence_voltage_low",
+                "collar_outside_paddock",
+                "weather_station_silent"
+            ]
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! The processors in a running node: the default rules raise the simulator's staged breach
+//! and silence, each once, with the node killed with SIGKILL and restarted during the run;
+//! aggregates and alerts land in the lake; latest readings over the API and `nublar latest`.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{free_port, nublar_ok, start_node};
+
+/// Fast ticks, snapshots far apart (so a restart reads seconds again), two-second windows, the default fence rule and absence after
+/// 5 s. (A breached collar takes up to minutes of simulated time to reach its fence: its
+/// geofence has a test of its own, below.)
+const CONFIG: &str = r#"
+[lake]
+commit_interval_ms = 200
+
+[processors]
+snapshot_interval_seconds = 5.0
+tick_interval_ms = 100
+
+[processors.windows]
+width_seconds = 2.0
+allowed_lateness_seconds = 1.0
+
+[[processors.alerts.rules]]
+name = "fence_voltage_low"
+measurement = "fence"
+kind = "threshold"
+field = "voltage_kv"
+below = 5.0
+
+[[processors.alerts.rules]]
+name = "weather_station_silent"
+measurement = "weather"
+kind = "absence"
+for_seconds = 5.0
+"#;
+
+/// (rule, series, state, rows) of the `_alerts` table.
+fn alert_rows(dir: &str) -> Vec<(String, String, String, u64)> {
+    let csv = nublar_ok(
+        dir,
+        &[
+            "query",
+            "--format",
+            "csv",
+            "SELECT rule, series, state, count(*) AS n FROM _alerts \
+             GROUP BY rule, series, state ORDER BY rule, series, state",
+        ],
+    );
+    csv.lines()
+        .skip(1)
+        .map(|line| {
+            // The series holds commas: rule first, then the series, then the last two.
+            let (rule, rest) = line.split_once(',').unwrap();
+            let (rest, n) = rest.rsplit_once(',').unwrap();
+            let (series, state) = rest.rsplit_once(',').unwrap();
+            (
+                rule.to_owned(),
+                series.trim_matches('"').to_owned(),
+                state.to_owned(),
+                n.parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_staged_breach_and_silence_raise_one_alert_each_across_sigkills() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let sim_args = ["--sensors", "300", "--seed", "7"];
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut node = start_node(data.path(), CONFIG, &http);
+    let sim = Command::new(env!("CARGO_BIN_EXE_nublar"))
+        .arg("sim")
+        .args(sim_args)
+        .args(["--target", &format!("http://{http}")])
+        .args(["--rate", "3000", "--duration", "20"])
+        .args(["--stage-breach", "2", "--stage-silence", "2"])
+        .args([
+            "--batch",
+            "300",
+            "--concurrency",
+            "2",
+            "--http-timeout",
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    println!("kill schedule seed {seed}");
+    let mut state = seed | 1;
+    for kill in 0..3 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let wait = Duration::from_millis(1000 + state % 1500);
+        std::thread::sleep(wait);
+        println!("kill {kill} after {wait:?}");
+        node.signal(libc::SIGKILL);
+        node.wait_exit(Duration::from_secs(10));
+        node = start_node(data.path(), CONFIG, &http);
+    }
+    // Latest readings while the simulator still sends: the silenced station is among the stations, and
+    // the answer through the command line is the API's.
+    let started = Instant::now();
+    let weather = loop {
+        let (status, body) = common::request(
+            node.http,
+            "GET",
+            "/api/v1/latest?db=park&measurement=weather",
+            &[],
+            b"",
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let series = answer["series"].as_array().unwrap().clone();
+        if !series.is_empty() || started.elapsed() > Duration::from_secs(20) {
+            break series;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        !weather.is_empty(),
+        "no weather station in the latest state"
+    );
+    let station = weather[0]["tags"]["station"].as_str().unwrap().to_owned();
+    assert!(weather[0]["fields"]["temp_c"]["value"].is_number());
+    let table = nublar_ok(
+        dir,
+        &[
+            "latest",
+            "--measurement",
+            "weather",
+            "--tag",
+            &format!("station={station}"),
+        ],
+    );
+    assert!(table.contains(&format!("station={station}")), "{table}");
+    assert!(table.contains("temp_c"), "{table}");
+    let (status, _) = common::request(node.http, "GET", "/api/v1/latest", &[], b"");
+    assert_eq!(status, 400, "db is required");
+
+    // Stopped as soon as the simulator ends, before its end looks like every series falling
+    // silent; the node drains, the processors write their last snapshots, the lake commits.
+    let output = sim.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{summary}");
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    let rows = alert_rows(dir);
+    let firing = |rule: &str| -> Vec<&(String, String, String, u64)> {
+        rows.iter()
+            .filter(|(name, _, state, _)| name == rule && state == "firing")
+            .collect()
+    };
+    for rule in ["fence_voltage_low", "weather_station_silent"] {
+        let fired = firing(rule);
+        assert_eq!(fired.len(), 1, "one series fires {rule}: {rows:?}");
+        assert_eq!(fired[0].3, 1, "{rule} fires once: {rows:?}");
+    }
+    assert!(
+        rows.iter().all(|(_, _, state, _)| state == "firing"),
+        "nothing staged comes back: {rows:?}"
+    );
+
+    // One-minute (here two-second) aggregates of every numeric field, once per window.
+    let csv = nublar_ok(
+        dir,
+        &[
+            "query",
+            "--format",
+            "csv",
+            "SELECT count(*) AS rows, count(DISTINCT concat(CAST(time AS VARCHAR), measurement, series, field)) AS distinct_keys, \
+             sum(\"count\") AS events FROM _agg_1m WHERE measurement = 'weather' AND field = 'temp_c'",
+        ],
+    );
+    let values: Vec<u64> = csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(|value| value.parse().unwrap())
+        .collect();
+    assert!(values[0] > 0, "{csv}");
+    assert_eq!(
+        values[0], values[1],
+        "each window, series and field once: {csv}"
+    );
+}
+
+#[test]
+fn a_collar_that_leaves_its_paddock_raises_one_geofence_alert_with_its_position() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let sim = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_nublar"))
+            .arg("sim")
+            .args(["--sensors", "60", "--seed", "3", "--rate", "300"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    // The park the node knows, and six simulated minutes written at once: the breach at 5 s,
+    // the animal out well within them.
+    let park = data.path().join("park.geojson");
+    sim(&["--park-out", park.to_str().unwrap()]);
+    let lines = data.path().join("park.lp");
+    sim(&[
+        "--events",
+        "108000",
+        "--stage-breach",
+        "5",
+        "--out",
+        lines.to_str().unwrap(),
+    ]);
+    let config = r#"
+[lake]
+commit_interval_ms = 200
+
+[[processors.alerts.rules]]
+name = "collar_outside_paddock"
+measurement = "collar"
+kind = "geofence"
+"#;
+    let mut node = start_node(data.path(), config, "127.0.0.1:0");
+    let text = std::fs::read_to_string(&lines).unwrap();
+    let all: Vec<&str> = text.lines().collect();
+    for chunk in all.chunks(4000) {
+        let (status, body) = common::request(
+            node.http,
+            "POST",
+            "/api/v3/write_lp?db=park&precision=ns",
+            &[],
+            chunk.join("\n").as_bytes(),
+        );
+        assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+    }
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = common::request(node.http, "GET", "/metrics", &[], b"");
+        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+        let events = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("nublar_processors_events_total "))
+            .and_then(|value| value.parse::<usize>().ok());
+        if events == Some(all.len()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the processors did not read every event: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    let csv = nublar_ok(
+        dir,
+        &[
+            "query",
+            "--format",
+            "csv",
+            "SELECT state, series, lat, lon, message FROM _alerts WHERE rule = 'collar_outside_paddock'",
+        ],
+    );
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "one breach, fired once, never back: {csv}");
+    assert!(rows[0].starts_with("firing,"), "{csv}");
+    for wanted in ["animal=", "species=", "paddock=", "containment breach"] {
+        assert!(rows[0].contains(wanted), "{wanted} in {csv}");
+    }
+}
