@@ -16,7 +16,7 @@ use nublar_model::{FieldValue, ParsedLine};
 use nublar_sim::geo::{GeoPoint, polygon_contains};
 use serde::{Deserialize, Serialize};
 
-use crate::series::canonical_series;
+use crate::series::{canonical_series, series_digest};
 
 /// One rule of the configuration.
 #[derive(Clone, Debug)]
@@ -86,6 +86,9 @@ impl AlertState {
 /// What a rule remembers of one series.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Watch {
+    db: String,
+    /// The series' canonical tag set.
+    series: String,
     firing: bool,
     /// Threshold: when the current run of out-of-bounds values began.
     breached_since_ns: Option<i64>,
@@ -95,8 +98,8 @@ struct Watch {
     seen_ns: i64,
 }
 
-/// What one rule knows, by (database, series).
-type SeriesWatches = HashMap<(String, String), Watch>;
+/// What one rule knows, by series digest ([`series_digest`]).
+type SeriesWatches = HashMap<u128, Watch>;
 
 /// What the rules know of their series, by rule name, for a snapshot.
 #[derive(Clone, Serialize, Deserialize)]
@@ -107,7 +110,7 @@ pub struct AlertsState {
 
 pub struct Alerts {
     rules: Vec<Rule>,
-    /// Per rule: (database, series) → what the rule knows of it.
+    /// Per rule: the series' digest → what the rule knows of it.
     watches: Vec<SeriesWatches>,
     series_max: usize,
     series_unwatched: u64,
@@ -167,24 +170,40 @@ impl Alerts {
         now_ns: i64,
         out: &mut Vec<Alert>,
     ) {
-        let mut series: Option<String> = None;
+        let series = series_digest(db, &event.measurement, &event.tags);
+        self.observe_series(db, series, event, time_ns, now_ns, out);
+    }
+
+    /// [`Alerts::observe`] for a caller that has the event's [`series_digest`] already.
+    pub fn observe_series(
+        &mut self,
+        db: &str,
+        digest: u128,
+        event: &ParsedLine<'_>,
+        time_ns: i64,
+        now_ns: i64,
+        out: &mut Vec<Alert>,
+    ) {
         for (index, rule) in self.rules.iter().enumerate() {
             if rule.measurement != event.measurement {
                 continue;
             }
-            let series = series.get_or_insert_with(|| canonical_series(&event.tags));
             let watches = &mut self.watches[index];
-            let key = (db.to_owned(), series.clone());
-            if !watches.contains_key(&key) && watches.len() >= self.series_max {
+            if !watches.contains_key(&digest) && watches.len() >= self.series_max {
                 self.series_unwatched += 1;
                 continue;
             }
-            let watch = watches.entry(key).or_default();
+            let watch = watches.entry(digest).or_insert_with(|| Watch {
+                db: db.to_owned(),
+                series: canonical_series(&event.tags),
+                ..Watch::default()
+            });
+            let series = &watch.series;
             let alert = |state: AlertState, values: Vec<f64>, message: String| Alert {
                 rule: rule.name.clone(),
                 db: db.to_owned(),
                 measurement: rule.measurement.clone(),
-                series: series.clone(),
+                series: series.to_owned(),
                 state,
                 time_ns,
                 values,
@@ -314,19 +333,17 @@ impl Alerts {
             let RuleKind::Absence { for_ns } = rule.kind else {
                 continue;
             };
-            let mut fired: Vec<(&(String, String), i64)> = self.watches[index]
-                .iter_mut()
-                .filter(|(_, watch)| {
-                    !watch.firing && now_ns.saturating_sub(watch.seen_ns) >= for_ns
-                })
-                .map(|(key, watch)| {
+            let mut fired: Vec<(&String, &String, i64)> = self.watches[index]
+                .values_mut()
+                .filter(|watch| !watch.firing && now_ns.saturating_sub(watch.seen_ns) >= for_ns)
+                .map(|watch| {
                     watch.firing = true;
-                    (key, watch.seen_ns)
+                    (&watch.db, &watch.series, watch.seen_ns)
                 })
                 .collect();
             // In a stable order, so that the same state gives the same output.
             fired.sort();
-            for ((db, series), seen_ns) in fired {
+            for (db, series, seen_ns) in fired {
                 out.push(Alert {
                     rule: rule.name.clone(),
                     db: db.clone(),

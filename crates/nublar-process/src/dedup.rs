@@ -11,10 +11,12 @@
 //! Like the other processors this reads no clock: the same input gives the same decisions.
 
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
 
 use nublar_model::{FieldValue, ParsedLine};
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::series::series_digest;
 
 /// How long and how many events are remembered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,13 +94,19 @@ impl Dedup {
 
     /// Decides for the event of database `db` at `time_ns`, and remembers it if new.
     pub fn check(&mut self, db: &str, event: &ParsedLine<'_>, time_ns: i64) -> Seen {
+        let series = series_digest(db, &event.measurement, &event.tags);
+        self.check_series(series, event, time_ns)
+    }
+
+    /// [`Dedup::check`] for a caller that has the event's [`series_digest`] already.
+    pub fn check_series(&mut self, series: u128, event: &ParsedLine<'_>, time_ns: i64) -> Seen {
         if let Some(watermark) = self.watermark_ns
             && time_ns < watermark.saturating_sub(self.config.window_ns)
         {
             self.counters.too_old_to_check += 1;
             return Seen::TooOldToCheck;
         }
-        let digest = digest(db, event, time_ns);
+        let digest = digest(series, event, time_ns);
         if !self.digests.insert(digest) {
             self.counters.duplicates += 1;
             return Seen::Duplicate;
@@ -123,27 +131,31 @@ impl Dedup {
     }
 }
 
-/// The event's identity: tags in canonical order, fields in the order sent (a sender that
-/// repeats an event repeats its line).
-fn digest(db: &str, event: &ParsedLine<'_>, time_ns: i64) -> u128 {
-    let half = |salt: u8| {
-        let mut hasher = DefaultHasher::new();
-        salt.hash(&mut hasher);
-        db.hash(&mut hasher);
-        event.measurement.hash(&mut hasher);
-        crate::series::canonical_series(&event.tags).hash(&mut hasher);
-        time_ns.hash(&mut hasher);
-        for field in &event.fields {
-            field.key.hash(&mut hasher);
-            match &field.value {
-                FieldValue::F64(value) => (0u8, value.to_bits()).hash(&mut hasher),
-                FieldValue::I64(value) => (1u8, *value).hash(&mut hasher),
-                FieldValue::U64(value) => (2u8, *value).hash(&mut hasher),
-                FieldValue::Bool(value) => (3u8, *value).hash(&mut hasher),
-                FieldValue::Str(value) => (4u8, value.as_ref()).hash(&mut hasher),
+/// The event's identity: its series (tags in any order), time, and fields in the order sent
+/// (a sender that repeats an event repeats its line), each name and string with its length so
+/// that no two different events give the same bytes.
+fn digest(series: u128, event: &ParsedLine<'_>, time_ns: i64) -> u128 {
+    let mut hasher = Xxh3::new();
+    hasher.update(&series.to_le_bytes());
+    hasher.update(&time_ns.to_le_bytes());
+    for field in &event.fields {
+        hasher.update(&(field.key.len() as u64).to_le_bytes());
+        hasher.update(field.key.as_bytes());
+        let number = |hasher: &mut Xxh3, kind: u8, bytes: [u8; 8]| {
+            hasher.update(&[kind]);
+            hasher.update(&bytes);
+        };
+        match &field.value {
+            FieldValue::F64(value) => number(&mut hasher, 0, value.to_bits().to_le_bytes()),
+            FieldValue::I64(value) => number(&mut hasher, 1, value.to_le_bytes()),
+            FieldValue::U64(value) => number(&mut hasher, 2, value.to_le_bytes()),
+            FieldValue::Bool(value) => hasher.update(&[3, u8::from(*value)]),
+            FieldValue::Str(value) => {
+                hasher.update(&[4]);
+                hasher.update(&(value.len() as u64).to_le_bytes());
+                hasher.update(value.as_bytes());
             }
         }
-        hasher.finish()
-    };
-    (u128::from(half(0)) << 64) | u128::from(half(1))
+    }
+    hasher.digest128()
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use nublar_model::{FieldValue, ParsedLine};
 use serde::{Deserialize, Serialize};
 
-use crate::series::canonical_series;
+use crate::series::{canonical_series, series_digest};
 
 /// A field's latest value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,8 +45,8 @@ impl SeriesState {
 
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Latest {
-    /// (database, measurement, series) → state.
-    series: HashMap<(String, String, String), SeriesState>,
+    /// The series' digest ([`series_digest`]) → its state.
+    series: HashMap<u128, SeriesState>,
     series_max: usize,
     series_dropped: u64,
 }
@@ -80,29 +80,27 @@ impl Latest {
     }
 
     pub fn observe(&mut self, db: &str, event: &ParsedLine<'_>, time_ns: i64) {
-        let key = (
-            db.to_owned(),
-            event.measurement.as_ref().to_owned(),
-            canonical_series(&event.tags),
-        );
-        if !self.series.contains_key(&key) && self.series.len() >= self.series_max {
+        let series = series_digest(db, &event.measurement, &event.tags);
+        self.observe_series(db, series, event, time_ns);
+    }
+
+    /// [`Latest::observe`] for a caller that has the event's [`series_digest`] already.
+    pub fn observe_series(&mut self, db: &str, digest: u128, event: &ParsedLine<'_>, time_ns: i64) {
+        if !self.series.contains_key(&digest) && self.series.len() >= self.series_max {
             self.series_dropped += 1;
             return;
         }
-        let state = self
-            .series
-            .entry(key)
-            .or_insert_with_key(|key| SeriesState {
-                db: key.0.clone(),
-                measurement: key.1.clone(),
-                series: key.2.clone(),
-                tags: event
-                    .tags
-                    .iter()
-                    .map(|tag| (tag.key.as_ref().to_owned(), tag.value.as_ref().to_owned()))
-                    .collect(),
-                fields: BTreeMap::new(),
-            });
+        let state = self.series.entry(digest).or_insert_with(|| SeriesState {
+            db: db.to_owned(),
+            measurement: event.measurement.as_ref().to_owned(),
+            series: canonical_series(&event.tags),
+            tags: event
+                .tags
+                .iter()
+                .map(|tag| (tag.key.as_ref().to_owned(), tag.value.as_ref().to_owned()))
+                .collect(),
+            fields: BTreeMap::new(),
+        });
         for field in &event.fields {
             match state.fields.get_mut(field.key.as_ref()) {
                 Some(reading) if reading.time_ns > time_ns => {}

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::{Alert, Alerts, AlertsState, Rule};
 use crate::dedup::{Dedup, DedupConfig, Seen};
 use crate::latest::Latest;
+use crate::series::series_digest;
 use crate::windows::{Added, Aggregate, WindowConfig, Windows};
 
 /// Which processors run, and how.
@@ -398,8 +399,10 @@ impl Pipeline {
             };
             self.counters.events += 1;
             let time_ns = event.timestamp_ns.unwrap_or(received_ns);
+            // The series' identity once for every processor: each keys its state by it.
+            let series = series_digest(db, &event.measurement, &event.tags);
             if let Some(dedup) = &mut self.dedup {
-                if dedup.check(db, &event, time_ns) == Seen::Duplicate {
+                if dedup.check_series(series, &event, time_ns) == Seen::Duplicate {
                     self.counters.duplicates += 1;
                     continue;
                 }
@@ -416,7 +419,7 @@ impl Pipeline {
                 if let Added::Late {
                     window_start_ns,
                     watermark_ns,
-                } = windows.add(db, &event, time_ns, &mut self.closed)
+                } = windows.add_series(db, series, &event, time_ns, &mut self.closed)
                 {
                     self.counters.late += 1;
                     let id = self.ids[Output::Late.index()].next(position);
@@ -439,7 +442,7 @@ impl Pipeline {
                 }
             }
             if let Some(alerts) = &mut self.alerts {
-                alerts.observe(db, &event, time_ns, received_ns, &mut self.raised);
+                alerts.observe_series(db, series, &event, time_ns, received_ns, &mut self.raised);
                 for alert in self.raised.drain(..) {
                     self.counters.alerts += 1;
                     let id = self.ids[Output::Alerts.index()].next(position);
@@ -447,7 +450,7 @@ impl Pipeline {
                 }
             }
             if let Some(latest) = &mut latest {
-                latest.observe(db, &event, time_ns);
+                latest.observe_series(db, series, &event, time_ns);
             }
         }
         if let Some(kept) = kept {

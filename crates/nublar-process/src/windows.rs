@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use nublar_model::{FieldValue, ParsedLine};
 use serde::{Deserialize, Serialize};
 
-use crate::series::canonical_series;
+use crate::series::{canonical_series, series_digest};
 
 /// How windows are cut and how long they wait for late events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,17 +71,6 @@ impl Aggregate {
     pub fn mean(&self) -> f64 {
         self.sum / self.count as f64
     }
-
-    fn add(&mut self, value: f64, time_ns: i64) {
-        self.count += 1;
-        self.min = self.min.min(value);
-        self.max = self.max.max(value);
-        self.sum += value;
-        if time_ns >= self.last_time_ns {
-            self.last = value;
-            self.last_time_ns = time_ns;
-        }
-    }
 }
 
 /// What became of one event.
@@ -102,12 +91,57 @@ pub enum Added {
 pub struct Windows {
     config: WindowConfig,
     watermark_ns: Option<i64>,
-    /// Window start → the window's aggregates by series and field.
-    open: BTreeMap<i64, HashMap<SeriesField, Aggregate>>,
+    /// Window start → the window's series by digest ([`series_digest`]): an event finds its
+    /// aggregates without building its series' name, which is made once per window.
+    open: BTreeMap<i64, HashMap<u128, OpenSeries>>,
     open_aggregates: usize,
     /// Windows at or before this start were closed early to keep the memory bound.
     closed_early_through: Option<i64>,
     windows_closed_early: u64,
+}
+
+/// One series' aggregates within one window.
+#[derive(Clone, Serialize, Deserialize)]
+struct OpenSeries {
+    db: String,
+    measurement: String,
+    series: String,
+    /// By field name; a series has few fields, so a list is the quickest to search.
+    fields: Vec<(String, Stats)>,
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct Stats {
+    count: u64,
+    min: f64,
+    max: f64,
+    sum: f64,
+    last: f64,
+    last_time_ns: i64,
+}
+
+impl Stats {
+    fn new(value: f64, time_ns: i64) -> Stats {
+        Stats {
+            count: 1,
+            min: value,
+            max: value,
+            sum: value,
+            last: value,
+            last_time_ns: time_ns,
+        }
+    }
+
+    fn add(&mut self, value: f64, time_ns: i64) {
+        self.count += 1;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        self.sum += value;
+        if time_ns >= self.last_time_ns {
+            self.last = value;
+            self.last_time_ns = time_ns;
+        }
+    }
 }
 
 impl Windows {
@@ -168,6 +202,19 @@ impl Windows {
         time_ns: i64,
         closed: &mut Vec<Aggregate>,
     ) -> Added {
+        let series = series_digest(db, &event.measurement, &event.tags);
+        self.add_series(db, series, event, time_ns, closed)
+    }
+
+    /// [`Windows::add`] for a caller that has the event's [`series_digest`] already.
+    pub fn add_series(
+        &mut self,
+        db: &str,
+        series: u128,
+        event: &ParsedLine<'_>,
+        time_ns: i64,
+        closed: &mut Vec<Aggregate>,
+    ) -> Added {
         let start = self.window_start(time_ns);
         if let Some(watermark_ns) = self.watermark_ns
             && (self.closes_at(start) <= watermark_ns
@@ -180,39 +227,40 @@ impl Windows {
                 watermark_ns,
             };
         }
-        let mut series = None;
-        for field in &event.fields {
-            let value = match field.value {
-                FieldValue::F64(value) => value,
-                FieldValue::I64(value) => value as f64,
-                FieldValue::U64(value) => value as f64,
-                FieldValue::Bool(_) | FieldValue::Str(_) => continue,
-            };
-            let series = series.get_or_insert_with(|| canonical_series(&event.tags));
-            let key = SeriesField {
-                db: db.to_owned(),
-                measurement: event.measurement.as_ref().to_owned(),
-                series: series.clone(),
-                field: field.key.as_ref().to_owned(),
-            };
-            let window = self.open.entry(start).or_default();
-            match window.get_mut(&key) {
-                Some(aggregate) => aggregate.add(value, time_ns),
-                None => {
-                    window.insert(
-                        key.clone(),
-                        Aggregate {
-                            window_start_ns: start,
-                            key,
-                            count: 1,
-                            min: value,
-                            max: value,
-                            sum: value,
-                            last: value,
-                            last_time_ns: time_ns,
-                        },
-                    );
-                    self.open_aggregates += 1;
+        let numeric = |value: &FieldValue<'_>| match value {
+            FieldValue::F64(value) => Some(*value),
+            FieldValue::I64(value) => Some(*value as f64),
+            FieldValue::U64(value) => Some(*value as f64),
+            FieldValue::Bool(_) | FieldValue::Str(_) => None,
+        };
+        if event
+            .fields
+            .iter()
+            .any(|field| numeric(&field.value).is_some())
+        {
+            let open = self
+                .open
+                .entry(start)
+                .or_default()
+                .entry(series)
+                .or_insert_with(|| OpenSeries {
+                    db: db.to_owned(),
+                    measurement: event.measurement.as_ref().to_owned(),
+                    series: canonical_series(&event.tags),
+                    fields: Vec::new(),
+                });
+            for field in &event.fields {
+                let Some(value) = numeric(&field.value) else {
+                    continue;
+                };
+                let key = field.key.as_ref();
+                match open.fields.iter_mut().find(|(name, _)| name == key) {
+                    Some((_, stats)) => stats.add(value, time_ns),
+                    None => {
+                        open.fields
+                            .push((key.to_owned(), Stats::new(value, time_ns)));
+                        self.open_aggregates += 1;
+                    }
                 }
             }
         }
@@ -248,10 +296,28 @@ impl Windows {
     /// every run; returns its start.
     fn close_oldest(&mut self, closed: &mut Vec<Aggregate>) -> Option<i64> {
         let (start, window) = self.open.pop_first()?;
-        self.open_aggregates -= window.len();
-        let mut aggregates: Vec<Aggregate> = window.into_values().collect();
-        aggregates.sort_by(|a, b| a.key.cmp(&b.key));
-        closed.extend(aggregates);
+        let first = closed.len();
+        for open in window.into_values() {
+            for (field, stats) in open.fields {
+                self.open_aggregates -= 1;
+                closed.push(Aggregate {
+                    window_start_ns: start,
+                    key: SeriesField {
+                        db: open.db.clone(),
+                        measurement: open.measurement.clone(),
+                        series: open.series.clone(),
+                        field,
+                    },
+                    count: stats.count,
+                    min: stats.min,
+                    max: stats.max,
+                    sum: stats.sum,
+                    last: stats.last,
+                    last_time_ns: stats.last_time_ns,
+                });
+            }
+        }
+        closed[first..].sort_by(|a, b| a.key.cmp(&b.key));
         Some(start)
     }
 }
