@@ -35,7 +35,8 @@ use tokio::sync::watch;
 use crate::alerts::{Alert, AlertState};
 use crate::latest::{Latest, SeriesState};
 use crate::pipeline::{
-    Emitted, ItemId, Output, Pipeline, PipelineConfig, PipelineCounters, PipelineState, Tick,
+    Emitted, ItemId, LateEvent, Output, Pipeline, PipelineConfig, PipelineCounters, PipelineState,
+    Tick,
 };
 use crate::windows::Aggregate;
 
@@ -500,21 +501,7 @@ impl Runner {
             .late
             .drain(..)
             .filter(|(id, _)| fresh(Output::Late, id))
-            .map(|(id, late)| {
-                let letter = serde_json::json!({
-                    "db": late.db,
-                    "line_number": 0,
-                    "reason": "late_event",
-                    "message": format!(
-                        "the window starting at {} ns had closed: the latest event time was {} ns",
-                        late.window_start_ns, late.watermark_ns
-                    ),
-                    "raw": late.line,
-                    "sender": late.sender.unwrap_or_default(),
-                    "received_ns": late.received_ns,
-                });
-                (id, letter.to_string().into_bytes())
-            })
+            .map(|(id, late)| (id, late_json(&late)))
             .collect();
         self.append_json(Output::Late, partition, run, late, None)
             .await?;
@@ -883,6 +870,164 @@ fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, RunnerError> {
         outputs: header.outputs,
         pipeline,
     }))
+}
+
+/// A late event as a dead letter, in the gateway's shape, with reason `late_event`.
+pub fn late_json(late: &LateEvent) -> Vec<u8> {
+    serde_json::json!({
+        "db": late.db,
+        "line_number": 0,
+        "reason": "late_event",
+        "message": format!(
+            "the window starting at {} ns had closed: the latest event time was {} ns",
+            late.window_start_ns, late.watermark_ns
+        ),
+        "raw": late.line,
+        "sender": late.sender.as_deref().unwrap_or_default(),
+        "received_ns": late.received_ns,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Where a replay starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// (partition, offset); `None` for every partition. Partitions not named are not read.
+    Offsets(Vec<(Option<u32>, i64)>),
+    /// The first record appended at or after this time, in milliseconds since the epoch, in
+    /// every partition.
+    Time(i64),
+}
+
+/// What a replay read and emitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayTotals {
+    pub events: u64,
+    pub items: u64,
+    /// Whether it stopped at `items_max` before the end.
+    pub truncated: bool,
+}
+
+/// Recomputes the outputs of `pipeline` from a point of `input` up to where each partition
+/// ends now, with state starting empty, and gives each item to `emit` as (partition, output,
+/// JSON as its topic holds it; deduplicated events as `{"db","line"}`). Nothing is written to
+/// the bus. Absence reads the log's append time of the newest record read as its clock (the
+/// live runner reads the node's clock when it has read everything), so a replay of absence
+/// raises an alert at the first record read after the silence, where the live one raised it
+/// when the clock said so.
+pub async fn replay(
+    bus: &Arc<dyn Bus>,
+    input: &str,
+    pipeline: &PipelineConfig,
+    from: &ReplayFrom,
+    items_max: u64,
+    mut emit: impl FnMut(u32, Output, Vec<u8>),
+) -> Result<ReplayTotals, RunnerError> {
+    let partitions = bus.partitions(input).await?;
+    let mut totals = ReplayTotals::default();
+    for partition in 0..partitions {
+        let start = match from {
+            ReplayFrom::Time(ms) => Start::Time(*ms),
+            ReplayFrom::Offsets(offsets) => {
+                let named = offsets
+                    .iter()
+                    .find(|(named, _)| *named == Some(partition))
+                    .or_else(|| offsets.iter().find(|(named, _)| named.is_none()));
+                match named {
+                    Some((_, offset)) => Start::Offset(*offset),
+                    None => continue,
+                }
+            }
+        };
+        let range = bus.offsets(input, partition).await?;
+        let mut position = match start {
+            Start::Offset(offset) if offset < range.start || offset > range.end => {
+                return Err(BusError::OffsetOutOfRange {
+                    requested: offset,
+                    start: range.start,
+                    end: range.end,
+                }
+                .into());
+            }
+            Start::Offset(offset) => offset,
+            Start::Time(_) => {
+                let first = bus.read(input, partition, start, 1).await?;
+                match first.iter().next() {
+                    Some(view) => view.base_offset().max(range.start),
+                    None => range.end,
+                }
+            }
+        };
+        let mut pipeline = Pipeline::new(pipeline);
+        let mut emitted = Emitted::default();
+        let mut no_ticks = VecDeque::new();
+        while position < range.end && !totals.truncated {
+            let batches = bus
+                .read(input, partition, Start::Offset(position), 4 << 20)
+                .await?;
+            let Some(next) = batches.next_offset() else {
+                break;
+            };
+            for view in batches.iter() {
+                if view.base_offset() >= range.end {
+                    break;
+                }
+                pipeline.process_batch(&view, position, &mut no_ticks, &mut emitted)?;
+            }
+            position = next;
+            if let Some(now_ns) = pipeline.received_ns() {
+                pipeline.tick(
+                    Tick {
+                        at: position,
+                        now_ns,
+                    },
+                    &mut emitted,
+                );
+            }
+            let mut items: Vec<(Output, Vec<u8>)> = Vec::new();
+            for kept in emitted.kept.drain(..) {
+                for (_, _, value) in &kept.records {
+                    let line = nublar_model::stored::display(value).unwrap_or_default();
+                    let db = kept.db.as_deref().unwrap_or_default();
+                    items.push((
+                        Output::Deduplicated,
+                        serde_json::json!({ "db": db, "line": line })
+                            .to_string()
+                            .into_bytes(),
+                    ));
+                }
+            }
+            items.extend(
+                emitted
+                    .aggregates
+                    .drain(..)
+                    .map(|(_, a)| (Output::Aggregates, aggregate_json(&a))),
+            );
+            items.extend(
+                emitted
+                    .alerts
+                    .drain(..)
+                    .map(|(_, a)| (Output::Alerts, alert_json(&a))),
+            );
+            items.extend(
+                emitted
+                    .late
+                    .drain(..)
+                    .map(|(_, l)| (Output::Late, late_json(&l))),
+            );
+            for (output, item) in items {
+                if totals.items >= items_max {
+                    totals.truncated = true;
+                    break;
+                }
+                totals.items += 1;
+                emit(partition, output, item);
+            }
+        }
+        totals.events += pipeline.counters().events;
+    }
+    Ok(totals)
 }
 
 /// An aggregate as the `_agg_1m` topic holds it.

@@ -60,6 +60,9 @@ enum Command {
     Query(query_command::QueryArgs),
     /// The lake's tables, and their maintenance (asking the node when one owns the directory).
     Lake(lake_command::LakeArgs),
+    /// Recompute a processor's outputs from a point of the log and print them (live outputs
+    /// are never touched); through the node when one runs on the directory.
+    Replay(processors::ReplayArgs),
     /// The latest reading of every field of the series that match, from the running node.
     Latest(processors::LatestArgs),
     /// BFD sessions of the node running on the data directory (`nublar bfd status`).
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Lake(args) => lake_command::run(&cli.data, args),
         Command::Bfd(args) => bfd_command::run(&cli.data, args),
         Command::Latest(args) => processors::run_latest(&cli.data, args),
+        Command::Replay(args) => processors::run_replay_command(&cli.data, args),
         Command::Bench(command) => bench::run(command),
     };
     match result {

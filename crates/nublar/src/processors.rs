@@ -16,9 +16,11 @@ use nublar_ingest::{Denied, Gateway};
 use nublar_model::{FieldType, FieldValue};
 use nublar_process::alerts::{Rule, RuleKind};
 use nublar_process::dedup::DedupConfig;
+use nublar_process::pipeline::Output;
 use nublar_process::pipeline::{AlertsConfig, PipelineConfig};
 use nublar_process::runner::{
-    AGGREGATES_TOPIC, ALERTS_TOPIC, DEDUPLICATED_TOPIC, RunnerConfig, RunnerShared,
+    AGGREGATES_TOPIC, ALERTS_TOPIC, DEDUPLICATED_TOPIC, ReplayFrom, RunnerConfig, RunnerShared,
+    replay,
 };
 use nublar_process::windows::WindowConfig;
 use serde::Deserialize;
@@ -728,6 +730,278 @@ fn render_latest(answer: &serde_json::Value) -> String {
     out
 }
 
+/// Where a node runs `nublar replay` (admin scope).
+pub const REPLAY_PATH: &str = "/api/v1/admin/replay";
+/// Items one replay prints at most.
+const REPLAY_ITEMS_MAX: u64 = 1_000_000;
+
+/// `nublar replay --processor NAME (--from-offset [P:]N… | --from-time T)`
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// duplicates, windows or alerts.
+    #[arg(long)]
+    processor: String,
+    /// Start at offset N of partition P (repeatable); a bare N starts every partition there.
+    #[arg(
+        long = "from-offset",
+        value_name = "[P:]N",
+        conflicts_with = "from_time"
+    )]
+    from_offsets: Vec<String>,
+    /// Start at the first record each partition took at or after this time: RFC 3339 in UTC
+    /// (2026-11-26T17:00:00Z) or seconds since the epoch.
+    #[arg(long)]
+    from_time: Option<String>,
+    /// Items printed at most.
+    #[arg(long, default_value_t = 100_000)]
+    limit: u64,
+    /// The node's TOML configuration, for the rules when no node runs on the directory.
+    #[arg(long, env = "NUBLAR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Admin token, for asking the running node.
+    #[arg(long, env = "NUBLAR_TOKEN")]
+    token: Option<String>,
+}
+
+/// What the node is asked to replay.
+#[derive(Clone, Debug, serde::Serialize, Deserialize)]
+pub struct ReplayRequest {
+    pub processor: String,
+    /// (partition or every one, offset).
+    pub from_offsets: Vec<(Option<u32>, i64)>,
+    pub from_time_ms: Option<i64>,
+    pub limit: u64,
+}
+
+/// The outputs a processor's replay shows.
+fn replayed_outputs(processor: &str) -> anyhow::Result<&'static [Output]> {
+    Ok(match processor {
+        "duplicates" => &[Output::Deduplicated],
+        "windows" => &[Output::Aggregates, Output::Late],
+        "alerts" => &[Output::Alerts],
+        other => anyhow::bail!(
+            "unknown processor {other:?}: expected duplicates, windows or alerts (latest state has no outputs to replay)"
+        ),
+    })
+}
+
+/// The pipeline a replay of `processor` runs: the node's, without the other processors that
+/// have outputs, but with duplicates first when they are on, as the live one sees its events.
+pub fn replay_pipeline(live: &PipelineConfig, processor: &str) -> anyhow::Result<PipelineConfig> {
+    replayed_outputs(processor)?;
+    let pipeline = PipelineConfig {
+        dedup: live.dedup,
+        windows: live.windows.filter(|_| processor == "windows"),
+        alerts: live.alerts.clone().filter(|_| processor == "alerts"),
+        latest_series_max: None,
+    };
+    let off = match processor {
+        "duplicates" => pipeline.dedup.is_none(),
+        "windows" => pipeline.windows.is_none(),
+        _ => pipeline.alerts.is_none(),
+    };
+    anyhow::ensure!(
+        !off,
+        "the {processor} processor is off in this configuration"
+    );
+    Ok(pipeline)
+}
+
+/// Runs a replay and writes one JSON line per item: partition, output and the item as its
+/// topic holds it; the last line is the totals.
+pub async fn run_replay(
+    bus: &Arc<dyn nublar_bus::Bus>,
+    live: &PipelineConfig,
+    request: &ReplayRequest,
+) -> anyhow::Result<String> {
+    let pipeline = replay_pipeline(live, &request.processor)?;
+    let shown = replayed_outputs(&request.processor)?;
+    anyhow::ensure!(
+        (1..=REPLAY_ITEMS_MAX).contains(&request.limit),
+        "the limit must be from 1 to {REPLAY_ITEMS_MAX}"
+    );
+    let from = match (request.from_time_ms, request.from_offsets.is_empty()) {
+        (Some(ms), true) => ReplayFrom::Time(ms),
+        (None, false) => ReplayFrom::Offsets(request.from_offsets.clone()),
+        _ => anyhow::bail!("give either --from-offset (repeatable) or --from-time"),
+    };
+    let mut out = String::new();
+    let totals = replay(
+        bus,
+        nublar_ingest::TELEMETRY_TOPIC,
+        &pipeline,
+        &from,
+        request.limit,
+        |partition, output, item| {
+            if shown.contains(&output) {
+                let item: serde_json::Value =
+                    serde_json::from_slice(&item).unwrap_or(serde_json::Value::Null);
+                let line = serde_json::json!({
+                    "partition": partition,
+                    "output": output.name(),
+                    "item": item,
+                });
+                let _ = writeln!(out, "{line}");
+            }
+        },
+    )
+    .await?;
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::json!({
+            "events_read": totals.events,
+            "items": totals.items,
+            "truncated": totals.truncated,
+        })
+    );
+    Ok(out)
+}
+
+/// Asks the node on `data` to replay, or replays from the log itself when no node runs there.
+pub fn run_replay_command(data: &Path, args: ReplayArgs) -> anyhow::Result<()> {
+    replayed_outputs(&args.processor)?;
+    let from_offsets = args
+        .from_offsets
+        .iter()
+        .map(|text| parse_from_offset(text))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let from_time_ms = args.from_time.as_deref().map(parse_time_ms).transpose()?;
+    anyhow::ensure!(
+        from_offsets.is_empty() != from_time_ms.is_none(),
+        "give either --from-offset (repeatable) or --from-time"
+    );
+    let request = ReplayRequest {
+        processor: args.processor.clone(),
+        from_offsets,
+        from_time_ms,
+        limit: args.limit,
+    };
+    let text = if crate::log_command::node_owns(data) {
+        crate::log_command::post_to_node(
+            data,
+            args.token.as_deref(),
+            REPLAY_PATH,
+            &serde_json::to_vec(&request)?,
+        )?
+    } else {
+        let node = crate::config::NodeConfig::load(args.config.as_deref())?;
+        let runner = node
+            .processors
+            .runner(data)?
+            .context("the processors are off in this configuration")?;
+        let log = nublar_log::Log::open_with(
+            data.join("log"),
+            nublar_log::OpenOptions {
+                read_only: true,
+                background: false,
+                ..nublar_log::OpenOptions::default()
+            },
+        )
+        .with_context(|| format!("opening the log in {}", data.join("log").display()))?;
+        let bus = nublar_bus::EmbeddedBus::new(log).into_shared();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(run_replay(&bus, &runner.pipeline, &request))?
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// `P:N` or `N`.
+fn parse_from_offset(text: &str) -> anyhow::Result<(Option<u32>, i64)> {
+    let bad = || format!("--from-offset {text:?}: expected PARTITION:OFFSET or OFFSET");
+    match text.split_once(':') {
+        Some((partition, offset)) => Ok((
+            Some(partition.parse().with_context(bad)?),
+            offset.parse().with_context(bad)?,
+        )),
+        None => Ok((None, text.parse().with_context(bad)?)),
+    }
+}
+
+/// RFC 3339 in UTC (`2026-11-26T17:00:00Z`, fractions of a second allowed) or seconds since
+/// the epoch, to milliseconds since the epoch.
+fn parse_time_ms(text: &str) -> anyhow::Result<i64> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        anyhow::ensure!(
+            seconds.is_finite() && seconds >= 0.0,
+            "--from-time {text:?} is negative"
+        );
+        return Ok((seconds * 1000.0) as i64);
+    }
+    let bad = || {
+        anyhow::anyhow!(
+            "--from-time {text:?}: expected 2026-11-26T17:00:00Z or seconds since the epoch"
+        )
+    };
+    let rest = text.strip_suffix('Z').ok_or_else(bad)?;
+    let (date, time) = rest.split_once('T').ok_or_else(bad)?;
+    let numbers = |part: &str, sep: char| -> Option<Vec<f64>> {
+        part.split(sep).map(|n| n.parse::<f64>().ok()).collect()
+    };
+    let (Some(date), Some(time)) = (numbers(date, '-'), numbers(time, ':')) else {
+        return Err(bad());
+    };
+    let (&[year, month, day], &[hour, minute, second]) = (date.as_slice(), time.as_slice()) else {
+        return Err(bad());
+    };
+    anyhow::ensure!(
+        (1.0..=12.0).contains(&month)
+            && (1.0..=31.0).contains(&day)
+            && hour < 24.0
+            && minute < 60.0
+            && second < 61.0,
+        "--from-time {text:?} is not a time"
+    );
+    // Days from 1970-01-01 to the civil date, counting in 400-year eras from 0000-03-01.
+    let (year, month, day) = (year as i64, month as i64, day as i64);
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Ok(days * 86_400_000 + ((hour * 3600.0 + minute * 60.0 + second) * 1000.0) as i64)
+}
+
+#[derive(Clone)]
+pub struct ReplayService {
+    pub gateway: Gateway,
+    pub bus: Arc<dyn nublar_bus::Bus>,
+    /// The node's pipeline; `None` when its processors are off.
+    pub pipeline: Option<PipelineConfig>,
+}
+
+pub fn replay_routes(service: ReplayService) -> axum::Router {
+    axum::Router::new()
+        .route(REPLAY_PATH, axum::routing::post(replay_route))
+        .with_state(service)
+}
+
+async fn replay_route(
+    State(service): State<ReplayService>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(refused) = crate::serve::check_admin(&service.gateway, peer, &headers) {
+        return refused.into_response();
+    }
+    let request: ReplayRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+    };
+    let Some(pipeline) = &service.pipeline else {
+        return (StatusCode::NOT_FOUND, "the processors are off on this node").into_response();
+    };
+    match run_replay(&service.bus, pipeline, &request).await {
+        Ok(text) => (StatusCode::OK, text).into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, format!("{error:#}")).into_response(),
+    }
+}
+
 /// `2026-11-26T17:23:20.123Z` for nanoseconds since the epoch.
 fn utc_text(ns: i64) -> String {
     let seconds = ns.div_euclid(1_000_000_000);
@@ -759,6 +1033,25 @@ fn utc_text(ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_starts_are_read_as_operators_write_them() {
+        assert_eq!(parse_from_offset("3:120").unwrap(), (Some(3), 120));
+        assert_eq!(parse_from_offset("120").unwrap(), (None, 120));
+        assert!(parse_from_offset("x:1").is_err());
+        assert_eq!(
+            parse_time_ms("2026-11-26T17:23:20.123Z").unwrap(),
+            1_795_713_800_123
+        );
+        assert_eq!(
+            parse_time_ms("2000-02-29T00:00:00Z").unwrap(),
+            951_782_400_000
+        );
+        assert_eq!(parse_time_ms("1795713800").unwrap(), 1_795_713_800_000);
+        for bad in ["2026-13-01T00:00:00Z", "2026-11-26 17:00:00", "yesterday"] {
+            assert!(parse_time_ms(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn times_are_written_as_utc() {

@@ -132,7 +132,9 @@ async fn serve(
     let gateway = Gateway::new(bus.clone(), ingest).await?;
     // After the gateway, which creates the telemetry topic they read; before the lake, whose
     // sinks read the topics the processors create.
-    let processors = start_processors(data, &node, bus.clone(), &gateway).await?;
+    let runner_config = node.processors.runner(data)?;
+    let live_pipeline = runner_config.as_ref().map(|config| config.pipeline.clone());
+    let processors = start_processors(runner_config, bus.clone(), &gateway).await?;
     let lake = start_lake(data, &node, bus.clone(), &gateway)?;
     let (http_address, udp_address) = (node.http.listen, node.udp.listen);
     let http = TcpListener::bind(http_address)
@@ -213,6 +215,13 @@ async fn serve(
                         .as_ref()
                         .filter(|_| node.processors.latest.enabled)
                         .map(|(shared, _, _)| shared.clone()),
+                },
+            ))
+            .merge(crate::processors::replay_routes(
+                crate::processors::ReplayService {
+                    gateway: gateway.clone(),
+                    bus: bus.clone(),
+                    pipeline: live_pipeline,
                 },
             ))
             .merge(crate::lake_command::routes(
@@ -309,8 +318,7 @@ type ProcessorsTask = tokio::task::JoinHandle<Result<(), nublar_process::runner:
 /// Starts the processors unless `[processors]` turns them all off, with their counters in
 /// `/metrics`; their output topics exist when this returns.
 async fn start_processors(
-    data: &Path,
-    node: &NodeConfig,
+    config: Option<nublar_process::runner::RunnerConfig>,
     bus: Arc<dyn Bus>,
     gateway: &Gateway,
 ) -> anyhow::Result<
@@ -320,7 +328,7 @@ async fn start_processors(
         ProcessorsTask,
     )>,
 > {
-    let Some(config) = node.processors.runner(data)? else {
+    let Some(config) = config else {
         return Ok(None);
     };
     let runner = nublar_process::runner::Runner::new(bus, config);
