@@ -18,6 +18,7 @@ mod processors;
 mod query_command;
 mod serve;
 mod sim;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

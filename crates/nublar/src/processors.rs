@@ -66,6 +66,7 @@ pub struct AlertsSection {
     /// to the data directory.
     pub park_file: PathBuf,
     pub rules: Vec<RuleSection>,
+    pub webhooks: crate::webhooks::WebhooksSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -136,6 +137,7 @@ impl Default for AlertsSection {
             series_max: 1_000_000,
             park_file: PathBuf::from("park.geojson"),
             rules: default_rules(),
+            webhooks: crate::webhooks::WebhooksSection::default(),
         }
     }
 }
@@ -218,6 +220,14 @@ impl ProcessorsSection {
             config.first_start_from_group = Some("lake".into());
         }
         Ok(Some(config))
+    }
+
+    /// The alert webhooks; `None` when alerts are off or no URL is configured.
+    pub fn webhooks(&self) -> anyhow::Result<Option<crate::webhooks::Webhooks>> {
+        if !self.enabled || !self.alerts.enabled {
+            return Ok(None);
+        }
+        self.alerts.webhooks.webhooks()
     }
 
     /// The topic the lake's telemetry sink reads: the deduplicated stream when it exists.

@@ -135,6 +135,25 @@ async fn serve(
     let runner_config = node.processors.runner(data)?;
     let live_pipeline = runner_config.as_ref().map(|config| config.pipeline.clone());
     let processors = start_processors(runner_config, bus.clone(), &gateway).await?;
+    let webhooks = match node.processors.webhooks()? {
+        Some(webhooks) => {
+            let counters = Arc::new(crate::webhooks::WebhookCounters::default());
+            let metrics = counters.clone();
+            gateway.add_metrics(Arc::new(move || {
+                let text = metrics.prometheus();
+                Box::pin(async move { text })
+            }));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(crate::webhooks::run(
+                bus.clone(),
+                webhooks,
+                counters,
+                stopped,
+            ));
+            Some((stop, task))
+        }
+        None => None,
+    };
     let lake = start_lake(data, &node, bus.clone(), &gateway)?;
     let (http_address, udp_address) = (node.http.listen, node.udp.listen);
     let http = TcpListener::bind(http_address)
@@ -284,6 +303,16 @@ async fn serve(
             Ok(Ok(Err(error))) => eprintln!("processors: {error}"),
             Ok(Err(error)) => eprintln!("processors task failed: {error}"),
             Err(_) => eprintln!("processors did not write their last snapshots in time"),
+        }
+    }
+    if let Some((stop_webhooks, webhooks_task)) = webhooks {
+        // An alert not yet delivered is sent at the next start: the group has not committed it.
+        let _ = stop_webhooks.send(true);
+        match tokio::time::timeout(Duration::from_secs(drain_seconds.max(1)), webhooks_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => eprintln!("webhooks: {error:#}"),
+            Ok(Err(error)) => eprintln!("webhooks task failed: {error}"),
+            Err(_) => eprintln!("webhooks were still delivering when the drain time ran out"),
         }
     }
     if let Some((stop_lake, lake_task)) = lake {

@@ -360,3 +360,135 @@ kind = "geofence"
         assert!(rows[0].contains(wanted), "{wanted} in {csv}");
     }
 }
+
+/// A webhook receiver on loopback: answers 500 to the first `failures` requests, then 204;
+/// keeps each request's `Nublar-Alert-Id` and body.
+/// (Nublar-Alert-Id, body) of each request a receiver answered with 204.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+fn receiver(failures: usize) -> (u16, Received) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = received.clone();
+    std::thread::spawn(move || {
+        let mut answered = 0;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut length, mut id) = (0usize, String::new());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(value) = lower.strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with("nublar-alert-id:") {
+                    id = line.split_once(':').unwrap().1.trim().to_owned();
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            answered += 1;
+            let status = if answered <= failures {
+                "500 Internal Server Error"
+            } else {
+                kept.lock()
+                    .unwrap()
+                    .push((id, String::from_utf8_lossy(&body).into_owned()));
+                "204 No Content"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (port, received)
+}
+
+#[test]
+fn alerts_reach_webhooks_through_failures_and_a_dead_receiver_becomes_a_dead_letter() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let (port, received) = receiver(2);
+    let closed = free_port();
+    let config = format!(
+        r#"
+[lake]
+commit_interval_ms = 200
+
+[[processors.alerts.rules]]
+name = "fence_voltage_low"
+measurement = "fence"
+kind = "threshold"
+field = "voltage_kv"
+below = 5.0
+
+[processors.alerts.webhooks]
+urls = ["http://127.0.0.1:{port}/hooks", "http://127.0.0.1:{closed}/"]
+tries = 3
+backoff_first_ms = 50
+backoff_max_ms = 100
+timeout_ms = 1000
+"#
+    );
+    let mut node = start_node(data.path(), &config, "127.0.0.1:0");
+    let lines = "fence,paddock=p1,segment=p1/1 voltage_kv=9.1 1000000000\n\
+                 fence,paddock=p1,segment=p1/1 voltage_kv=0.1 2000000000\n";
+    let (status, _) = common::request(
+        node.http,
+        "POST",
+        "/api/v3/write_lp?db=park&precision=ns",
+        &[],
+        lines.as_bytes(),
+    );
+    assert_eq!(status, 204);
+    let started = Instant::now();
+    let metrics = loop {
+        let (_, metrics) = common::request(node.http, "GET", "/metrics", &[], b"");
+        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+        if metrics.contains("nublar_webhook_dead_letters_total 1") {
+            break metrics;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        metrics.contains("nublar_webhook_deliveries_total 1"),
+        "{metrics}"
+    );
+    // Two 500s from the receiver, two more failed tries to the closed port.
+    assert!(
+        metrics.contains("nublar_webhook_retries_total 4"),
+        "{metrics}"
+    );
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "delivered once: {got:?}");
+    assert!(got[0].0.starts_with("_alerts/"), "{got:?}");
+    let alert: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!(alert["rule"], "fence_voltage_low");
+    assert_eq!(alert["state"], "firing");
+    assert_eq!(alert["value"], 0.1);
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    let csv = nublar_ok(
+        dir,
+        &[
+            "query",
+            "--format",
+            "csv",
+            "SELECT reason, message FROM _dead_letters",
+        ],
+    );
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(
+        csv.contains("webhook_failed")
+            && csv.contains(&format!("127.0.0.1:{closed}/ after 3 tries")),
+        "{csv}"
+    );
+}
