@@ -36,6 +36,9 @@ pub enum BenchCommand {
     /// Events per second through duplicates, windows (late events to the dead letters), alerts
     /// and latest state together on one thread, and through each alone.
     Processors(crate::bench_processors::ProcessorsBenchArgs),
+    /// A node under the simulator's load: time from a probe's acknowledgement to its alert at a
+    /// webhook, p50/p99, and the processors' and lake's lag.
+    Alerts(crate::bench_alerts::AlertsBenchArgs),
     /// How long after its acknowledgement an event is visible to a query, under load.
     Freshness(crate::bench_freshness::FreshnessArgs),
     /// SQL over a large weather table in a running node, beside DuckDB over the same files.
@@ -101,6 +104,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Failover(args) => crate::bench_failover::run(args),
         BenchCommand::Lake(args) => crate::bench_lake::run(args),
         BenchCommand::Processors(args) => crate::bench_processors::run(args),
+        BenchCommand::Alerts(args) => crate::bench_alerts::run(args),
         BenchCommand::Freshness(args) => crate::bench_freshness::run(args),
         BenchCommand::Query(args) => crate::bench_query::run(args),
         BenchCommand::Parse(args) => {

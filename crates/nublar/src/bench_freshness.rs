@@ -8,13 +8,14 @@
 //! acknowledgement to the first answer that holds it is the probe's freshness.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 
-use crate::node_child::{ChildGuard, Connection, metric, quantile, start_node, url_encoded};
+use crate::node_child::{
+    Connection, finish_load, metric, quantile, start_load, start_node, url_encoded,
+};
 
 #[derive(Args)]
 pub struct FreshnessArgs {
@@ -54,19 +55,7 @@ pub fn run(args: FreshnessArgs) -> anyhow::Result<()> {
     );
     let (mut node, http) = start_node(&root.path().join("node"), &[])?;
     let summary_path = root.path().join("sim.json");
-    let sim = Command::new(std::env::current_exe()?)
-        .arg("sim")
-        .args(["--target", &format!("http://{http}")])
-        .args(["--rate", &args.rate.to_string()])
-        .args(["--duration", &args.duration.to_string()])
-        .args(["--batch", "5000", "--concurrency", "4"])
-        .arg("--summary-json")
-        .arg(&summary_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the simulator")?;
-    let mut sim = ChildGuard(sim);
+    let mut sim = start_load(http, args.rate, args.duration, &summary_path)?;
     std::thread::sleep(WARM_UP);
 
     let mut writer = Connection::new(http);
@@ -108,13 +97,7 @@ pub fn run(args: FreshnessArgs) -> anyhow::Result<()> {
         lag_max = lag_max.max(metric(http, "nublar_lake_lag_events")?);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    let status = sim.0.wait()?;
-    anyhow::ensure!(status.success(), "the simulator ended with {status}");
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&summary_path).context("reading the simulator's summary")?,
-    )?;
-    let acknowledged = summary["acknowledged"].as_f64().unwrap_or(0.0);
-    let seconds = summary["seconds"].as_f64().unwrap_or(f64::NAN);
+    let (acknowledged, seconds) = finish_load(sim, &summary_path)?;
     node.terminate(Duration::from_secs(60))?;
     seen.sort_by(f64::total_cmp);
     println!(

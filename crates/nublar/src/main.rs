@@ -1,6 +1,7 @@
 //! The `nublar` command: one binary for every role.
 
 mod bench;
+mod bench_alerts;
 mod bench_bfd;
 mod bench_failover;
 mod bench_freshness;

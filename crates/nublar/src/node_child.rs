@@ -202,3 +202,40 @@ pub fn url_encoded(text: &str) -> String {
     }
     out
 }
+
+/// `nublar sim` sending the park's events to `http` at `rate` (0: as fast as acknowledged) for
+/// `duration` seconds, 5,000 lines per request over 4 connections, its summary going to
+/// `summary`.
+pub fn start_load(
+    http: SocketAddr,
+    rate: u64,
+    duration: f64,
+    summary: &Path,
+) -> anyhow::Result<ChildGuard> {
+    let sim = Command::new(std::env::current_exe()?)
+        .arg("sim")
+        .args(["--target", &format!("http://{http}")])
+        .args(["--rate", &rate.to_string()])
+        .args(["--duration", &duration.to_string()])
+        .args(["--batch", "5000", "--concurrency", "4"])
+        .arg("--summary-json")
+        .arg(summary)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the simulator")?;
+    Ok(ChildGuard(sim))
+}
+
+/// Waits for the simulator started by [`start_load`]; (events acknowledged, seconds).
+pub fn finish_load(mut sim: ChildGuard, summary: &Path) -> anyhow::Result<(f64, f64)> {
+    let status = sim.0.wait()?;
+    anyhow::ensure!(status.success(), "the simulator ended with {status}");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(summary).context("reading the simulator's summary")?,
+    )?;
+    Ok((
+        summary["acknowledged"].as_f64().unwrap_or(0.0),
+        summary["seconds"].as_f64().unwrap_or(f64::NAN),
+    ))
+}

@@ -360,13 +360,32 @@ async fn start_processors(
     let Some(config) = config else {
         return Ok(None);
     };
-    let runner = nublar_process::runner::Runner::new(bus, config);
+    let runner = nublar_process::runner::Runner::new(bus.clone(), config);
     runner.prepare().await.context("starting the processors")?;
     let shared = runner.shared();
     let metrics = shared.clone();
+    let input = bus.clone();
     gateway.add_metrics(Arc::new(move || {
-        let text = crate::processors::prometheus(&metrics);
-        Box::pin(async move { text })
+        let mut text = crate::processors::prometheus(&metrics);
+        let positions = metrics.positions();
+        let bus = input.clone();
+        Box::pin(async move {
+            // How far the processors are behind the telemetry: the gauge that says whether
+            // they keep up.
+            let mut behind = 0i64;
+            for (partition, position) in positions.iter().enumerate() {
+                if let Ok(range) = bus
+                    .offsets(nublar_ingest::TELEMETRY_TOPIC, partition as u32)
+                    .await
+                {
+                    behind += (range.end - position).max(0);
+                }
+            }
+            text.push_str(&format!(
+                "# TYPE nublar_processors_lag_events gauge\nnublar_processors_lag_events {behind}\n"
+            ));
+            text
+        })
     }));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(runner.run(stopped));

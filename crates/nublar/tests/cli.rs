@@ -398,6 +398,32 @@ fn the_freshness_benchmark_probes_a_loaded_node_and_cleans_up() {
 }
 
 #[test]
+fn the_alerts_benchmark_times_probe_alerts_on_a_loaded_node_and_cleans_up() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = nublar(&[
+        "bench",
+        "alerts",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--rate",
+        "2000",
+        "--duration",
+        "4",
+        "--probe-interval-ms",
+        "200",
+    ]);
+    let text = stdout(&output);
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("alert latency (acknowledged -> alert at the webhook) over "))
+        .unwrap_or_else(|| panic!("no latency line: {text}"));
+    assert!(line.ends_with("0 not out within 10 s"), "{text}");
+    assert!(!line.contains(" over 0 probes"), "{text}");
+    assert!(text.contains("lag during the load"), "{text}");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn the_query_benchmark_fills_a_node_and_compares_with_duckdb() {
     let scratch = tempfile::tempdir().unwrap();
     let output = nublar(&[
