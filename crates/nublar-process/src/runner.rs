@@ -40,6 +40,8 @@ use crate::pipeline::{
 };
 use crate::windows::Aggregate;
 
+/// The consumer group the processors read their input as.
+pub const GROUP: &str = "processors";
 /// The topic the deduplicated stream is written to.
 pub const DEDUPLICATED_TOPIC: &str = "_telemetry_dedup";
 pub const AGGREGATES_TOPIC: &str = "_agg_1m";
@@ -87,7 +89,7 @@ impl RunnerConfig {
     pub fn new(state_dir: PathBuf, pipeline: PipelineConfig) -> RunnerConfig {
         RunnerConfig {
             input: "telemetry".into(),
-            group: "processors".into(),
+            group: GROUP.into(),
             pipeline,
             outputs: [
                 DEDUPLICATED_TOPIC.into(),

@@ -154,7 +154,7 @@ async fn serve(
         }
         None => None,
     };
-    let lake = start_lake(data, &node, bus.clone(), &gateway)?;
+    let lake = start_lake(data, &node, bus.clone(), &gateway, processors.is_some())?;
     let (http_address, udp_address) = (node.http.listen, node.udp.listen);
     let http = TcpListener::bind(http_address)
         .await
@@ -399,6 +399,7 @@ fn start_lake(
     node: &NodeConfig,
     bus: Arc<dyn Bus>,
     gateway: &Gateway,
+    processors: bool,
 ) -> anyhow::Result<Option<(tokio::sync::watch::Sender<bool>, LakeTask)>> {
     let (Some(mut telemetry), Some(dead_letters)) =
         (node.lake.sink(data)?, node.lake.dead_letters_sink(data)?)
@@ -415,6 +416,14 @@ fn start_lake(
             .into_iter()
             .chain(&derived)
             .map(|sink| (sink.topic.clone(), sink.group.clone()))
+            // The processors hold the telemetry's retention too: a node whose processors
+            // cannot keep up refuses writes like one whose lake cannot.
+            .chain(processors.then(|| {
+                (
+                    nublar_ingest::TELEMETRY_TOPIC.to_owned(),
+                    nublar_process::runner::GROUP.to_owned(),
+                )
+            }))
             .collect(),
         node.lake.lag_events_max,
         lag.clone(),
