@@ -16,7 +16,7 @@ use nublar_model::{FieldValue, ParsedLine};
 use nublar_sim::geo::{GeoPoint, polygon_contains};
 use serde::{Deserialize, Serialize};
 
-use crate::series::{canonical_series, series_digest};
+use crate::series::{ByDigest, canonical_series, series_digest};
 
 /// One rule of the configuration.
 #[derive(Clone, Debug)]
@@ -99,7 +99,7 @@ struct Watch {
 }
 
 /// What one rule knows, by series digest ([`series_digest`]).
-type SeriesWatches = HashMap<u128, Watch>;
+type SeriesWatches = HashMap<u128, Watch, ByDigest>;
 
 /// What the rules know of their series, by rule name, for a snapshot.
 #[derive(Clone, Serialize, Deserialize)]
@@ -118,7 +118,7 @@ pub struct Alerts {
 
 impl Alerts {
     pub fn new(rules: Vec<Rule>, series_max: usize) -> Alerts {
-        let watches = rules.iter().map(|_| HashMap::new()).collect();
+        let watches = rules.iter().map(|_| HashMap::default()).collect();
         Alerts {
             rules,
             watches,

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use nublar_model::{FieldValue, ParsedLine};
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_128;
 
-use crate::series::series_digest;
+use crate::series::{ByDigest, series_digest};
 
 /// How long and how many events are remembered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,10 +59,12 @@ pub struct DedupCounters {
 pub struct Dedup {
     config: DedupConfig,
     watermark_ns: Option<i64>,
-    digests: HashSet<u128>,
+    digests: HashSet<u128, ByDigest>,
     /// Event time → digests of that time, for forgetting in time order.
     by_time: BTreeMap<i64, Vec<u128>>,
     counters: DedupCounters,
+    #[serde(skip)]
+    scratch: Vec<u8>,
 }
 
 impl Dedup {
@@ -70,9 +72,10 @@ impl Dedup {
         Dedup {
             config,
             watermark_ns: None,
-            digests: HashSet::new(),
+            digests: HashSet::default(),
             by_time: BTreeMap::new(),
             counters: DedupCounters::default(),
+            scratch: Vec::new(),
         }
     }
 
@@ -106,7 +109,7 @@ impl Dedup {
             self.counters.too_old_to_check += 1;
             return Seen::TooOldToCheck;
         }
-        let digest = digest(series, event, time_ns);
+        let digest = digest(&mut self.scratch, series, event, time_ns);
         if !self.digests.insert(digest) {
             self.counters.duplicates += 1;
             return Seen::Duplicate;
@@ -134,28 +137,35 @@ impl Dedup {
 /// The event's identity: its series (tags in any order), time, and fields in the order sent
 /// (a sender that repeats an event repeats its line), each name and string with its length so
 /// that no two different events give the same bytes.
-fn digest(series: u128, event: &ParsedLine<'_>, time_ns: i64) -> u128 {
-    let mut hasher = Xxh3::new();
-    hasher.update(&series.to_le_bytes());
-    hasher.update(&time_ns.to_le_bytes());
+fn digest(scratch: &mut Vec<u8>, series: u128, event: &ParsedLine<'_>, time_ns: i64) -> u128 {
+    // One pass over bytes laid out in a reused buffer: the one-shot hash is several times
+    // quicker than the streaming one on inputs this short.
+    scratch.clear();
+    scratch.extend_from_slice(&series.to_le_bytes());
+    scratch.extend_from_slice(&time_ns.to_le_bytes());
     for field in &event.fields {
-        hasher.update(&(field.key.len() as u64).to_le_bytes());
-        hasher.update(field.key.as_bytes());
-        let number = |hasher: &mut Xxh3, kind: u8, bytes: [u8; 8]| {
-            hasher.update(&[kind]);
-            hasher.update(&bytes);
-        };
+        scratch.extend_from_slice(&(field.key.len() as u64).to_le_bytes());
+        scratch.extend_from_slice(field.key.as_bytes());
         match &field.value {
-            FieldValue::F64(value) => number(&mut hasher, 0, value.to_bits().to_le_bytes()),
-            FieldValue::I64(value) => number(&mut hasher, 1, value.to_le_bytes()),
-            FieldValue::U64(value) => number(&mut hasher, 2, value.to_le_bytes()),
-            FieldValue::Bool(value) => hasher.update(&[3, u8::from(*value)]),
+            FieldValue::F64(value) => {
+                scratch.push(0);
+                scratch.extend_from_slice(&value.to_bits().to_le_bytes());
+            }
+            FieldValue::I64(value) => {
+                scratch.push(1);
+                scratch.extend_from_slice(&value.to_le_bytes());
+            }
+            FieldValue::U64(value) => {
+                scratch.push(2);
+                scratch.extend_from_slice(&value.to_le_bytes());
+            }
+            FieldValue::Bool(value) => scratch.extend_from_slice(&[3, u8::from(*value)]),
             FieldValue::Str(value) => {
-                hasher.update(&[4]);
-                hasher.update(&(value.len() as u64).to_le_bytes());
-                hasher.update(value.as_bytes());
+                scratch.push(4);
+                scratch.extend_from_slice(&(value.len() as u64).to_le_bytes());
+                scratch.extend_from_slice(value.as_bytes());
             }
         }
     }
-    hasher.digest128()
+    xxh3_128(scratch)
 }

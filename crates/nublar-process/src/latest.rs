@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use nublar_model::{FieldValue, ParsedLine};
 use serde::{Deserialize, Serialize};
 
-use crate::series::{canonical_series, series_digest};
+use crate::series::{ByDigest, canonical_series, series_digest};
 
 /// A field's latest value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,7 +46,7 @@ impl SeriesState {
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Latest {
     /// The series' digest ([`series_digest`]) → its state.
-    series: HashMap<u128, SeriesState>,
+    series: HashMap<u128, SeriesState, ByDigest>,
     series_max: usize,
     series_dropped: u64,
 }
@@ -54,7 +54,7 @@ pub struct Latest {
 impl Latest {
     pub fn new(series_max: usize) -> Latest {
         Latest {
-            series: HashMap::new(),
+            series: HashMap::default(),
             series_max,
             series_dropped: 0,
         }

@@ -125,8 +125,38 @@ impl IdCounter {
 pub struct KeptBatch {
     pub db: Option<String>,
     pub sender: Option<String>,
+    /// The kept records' keys and values back to back: one buffer per batch rather than one
+    /// allocation per record.
+    data: Vec<u8>,
+    /// Each kept record: its id, and where its key and value are in `data`.
+    spans: Vec<(ItemId, Option<Span>, Span)>,
+}
+
+/// Start and end of some bytes in a buffer.
+type Span = (usize, usize);
+
+impl KeptBatch {
     /// Each kept record: its id, key and value as read.
-    pub records: Vec<(ItemId, Option<Vec<u8>>, Vec<u8>)>,
+    pub fn records(&self) -> impl Iterator<Item = (ItemId, Option<&[u8]>, &[u8])> + '_ {
+        self.spans.iter().map(|(id, key, value)| {
+            (
+                *id,
+                key.map(|(start, end)| &self.data[start..end]),
+                &self.data[value.0..value.1],
+            )
+        })
+    }
+
+    fn push(&mut self, id: ItemId, key: Option<&[u8]>, value: &[u8]) {
+        let mut span = |bytes: &[u8]| {
+            let start = self.data.len();
+            self.data.extend_from_slice(bytes);
+            (start, self.data.len())
+        };
+        let key = key.map(&mut span);
+        let value = span(value);
+        self.spans.push((id, key, value));
+    }
 }
 
 /// An event too late for its window.
@@ -484,10 +514,8 @@ fn keep(
     let kept = kept.get_or_insert_with(|| KeptBatch {
         db: db.map(str::to_owned),
         sender: sender.map(str::to_owned),
-        records: Vec::new(),
+        ..KeptBatch::default()
     });
     // One item per input record, so the index is always 0.
-    let id = ItemId { position, index: 0 };
-    kept.records
-        .push((id, key.map(<[u8]>::to_vec), value.to_vec()));
+    kept.push(ItemId { position, index: 0 }, key, value);
 }

@@ -450,8 +450,7 @@ impl Runner {
             |output: Output, id: &ItemId| held[output.index()].is_none_or(|held| *id > held);
         for kept in emitted.kept.drain(..) {
             let records: Vec<_> = kept
-                .records
-                .iter()
+                .records()
                 .filter(|(id, _, _)| fresh(Output::Deduplicated, id))
                 .collect();
             let (Some(first), Some(last)) = (records.first(), records.last()) else {
@@ -474,9 +473,9 @@ impl Runner {
                     if let Some(sender) = &kept.sender {
                         headers.push(("sender", sender.as_bytes()));
                     }
-                    builder.push(key.as_deref(), value, &headers);
+                    builder.push(*key, value, &headers);
                 } else {
-                    builder.push(key.as_deref(), value, &[]);
+                    builder.push(*key, value, &[]);
                 }
             }
             self.append(Output::Deduplicated, partition, builder, run)
@@ -989,7 +988,7 @@ pub async fn replay(
             }
             let mut items: Vec<(Output, Vec<u8>)> = Vec::new();
             for kept in emitted.kept.drain(..) {
-                for (_, _, value) in &kept.records {
+                for (_, _, value) in kept.records() {
                     let line = nublar_model::stored::display(value).unwrap_or_default();
                     let db = kept.db.as_deref().unwrap_or_default();
                     items.push((

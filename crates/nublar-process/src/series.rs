@@ -6,6 +6,32 @@
 use nublar_model::Tag;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, xxh3_128_with_seed};
 
+/// A hasher for keys that are digests already: their low 64 bits are the hash, so a map
+/// keyed by digests spends nothing hashing them again.
+#[derive(Clone, Copy, Default)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for keys other than u128; fold them in so it still hashes.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(5) ^ u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u128(&mut self, digest: u128) {
+        self.0 = digest as u64;
+    }
+}
+
+/// Builds [`DigestHasher`]s.
+pub type ByDigest = std::hash::BuildHasherDefault<DigestHasher>;
+
 /// The series of `measurement` with `tags` in database `db`, in 128 bits: equal for the same
 /// tags in any order, different otherwise but with a chance of about 2^-100 for a park's
 /// series. XXH3 is specified, so a snapshot written by one build is read right by the next.

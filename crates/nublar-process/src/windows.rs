@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use nublar_model::{FieldValue, ParsedLine};
 use serde::{Deserialize, Serialize};
 
-use crate::series::{canonical_series, series_digest};
+use crate::series::{ByDigest, canonical_series, series_digest};
 
 /// How windows are cut and how long they wait for late events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +93,7 @@ pub struct Windows {
     watermark_ns: Option<i64>,
     /// Window start → the window's series by digest ([`series_digest`]): an event finds its
     /// aggregates without building its series' name, which is made once per window.
-    open: BTreeMap<i64, HashMap<u128, OpenSeries>>,
+    open: BTreeMap<i64, HashMap<u128, OpenSeries, ByDigest>>,
     open_aggregates: usize,
     /// Windows at or before this start were closed early to keep the memory bound.
     closed_early_through: Option<i64>,

@@ -192,7 +192,7 @@ async fn expected(bus: &Arc<dyn Bus>) -> BTreeMap<String, [Vec<Vec<u8>>; 4]> {
         let kept = emitted
             .kept
             .iter()
-            .flat_map(|batch| batch.records.iter().map(|(_, _, value)| value.clone()))
+            .flat_map(|batch| batch.records().map(|(_, _, value)| value.to_vec()))
             .collect();
         let aggregates = emitted
             .aggregates
