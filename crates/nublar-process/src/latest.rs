@@ -28,18 +28,27 @@ pub struct SeriesState {
     pub series: String,
     /// Tags by key.
     pub tags: BTreeMap<String, String>,
-    /// Fields by key.
-    pub fields: BTreeMap<String, Reading>,
+    /// Each field's name and latest reading, in the order first seen: a series has few
+    /// fields, and a short list is quicker to search than a map of names.
+    pub fields: Vec<(String, Reading)>,
 }
 
 impl SeriesState {
     /// The time of the newest reading of any field.
     pub fn time_ns(&self) -> i64 {
         self.fields
-            .values()
-            .map(|reading| reading.time_ns)
+            .iter()
+            .map(|(_, reading)| reading.time_ns)
             .max()
             .unwrap_or(i64::MIN)
+    }
+
+    /// The latest reading of the field `name`.
+    pub fn field(&self, name: &str) -> Option<&Reading> {
+        self.fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, reading)| reading)
     }
 }
 
@@ -99,23 +108,29 @@ impl Latest {
                 .iter()
                 .map(|tag| (tag.key.as_ref().to_owned(), tag.value.as_ref().to_owned()))
                 .collect(),
-            fields: BTreeMap::new(),
+            fields: Vec::new(),
         });
         for field in &event.fields {
-            match state.fields.get_mut(field.key.as_ref()) {
+            let key = field.key.as_ref();
+            match state
+                .fields
+                .iter_mut()
+                .find(|(name, _)| name == key)
+                .map(|(_, reading)| reading)
+            {
                 Some(reading) if reading.time_ns > time_ns => {}
                 Some(reading) => {
                     reading.time_ns = time_ns;
                     reading.value = field.value.clone().into_owned();
                 }
                 None => {
-                    state.fields.insert(
-                        field.key.as_ref().to_owned(),
+                    state.fields.push((
+                        key.to_owned(),
                         Reading {
                             time_ns,
                             value: field.value.clone().into_owned(),
                         },
-                    );
+                    ));
                 }
             }
         }

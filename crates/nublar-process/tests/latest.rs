@@ -73,9 +73,12 @@ fn each_field_keeps_its_newest_reading_and_queries_filter_by_tags() {
     let p1 = latest.query("park", Some("fence"), &[("paddock", "p1")]);
     assert_eq!(p1.len(), 1);
     assert_eq!(p1[0].series, "paddock=p1,segment=s1");
-    assert_eq!(p1[0].fields["voltage_kv"].value, FieldValue::F64(2.0));
-    assert_eq!(p1[0].fields["voltage_kv"].time_ns, 30);
-    assert_eq!(p1[0].fields["ok"].value, FieldValue::Bool(true));
+    assert_eq!(
+        p1[0].field("voltage_kv").unwrap().value,
+        FieldValue::F64(2.0)
+    );
+    assert_eq!(p1[0].field("voltage_kv").unwrap().time_ns, 30);
+    assert_eq!(p1[0].field("ok").unwrap().value, FieldValue::Bool(true));
     assert_eq!(p1[0].time_ns(), 30);
     let all = latest.query("park", None, &[]);
     let names: Vec<&str> = all.iter().map(|state| state.series.as_str()).collect();
@@ -107,7 +110,7 @@ proptest! {
         let newest = readings.iter().map(|(time, _)| *time).max().unwrap();
         let expected = readings.iter().rev().find(|(time, _)| *time == newest).unwrap().1;
         let state = latest.query("park", Some("fence"), &[]);
-        prop_assert_eq!(&state[0].fields["v"].value, &FieldValue::I64(expected));
-        prop_assert_eq!(state[0].fields["v"].time_ns, newest);
+        prop_assert_eq!(&state[0].field("v").unwrap().value, &FieldValue::I64(expected));
+        prop_assert_eq!(state[0].field("v").unwrap().time_ns, newest);
     }
 }

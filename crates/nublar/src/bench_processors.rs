@@ -152,7 +152,14 @@ pub fn run(args: ProcessorsBenchArgs) -> anyhow::Result<()> {
     let runs = [
         (
             "all: duplicates, windows, dead letters, alerts, latest",
-            all,
+            all.clone(),
+        ),
+        (
+            "all but duplicates (as the node runs by default)",
+            PipelineConfig {
+                dedup: None,
+                ..all.clone()
+            },
         ),
         (
             "duplicates alone",
