@@ -32,6 +32,17 @@ pub struct PipelineConfig {
     pub latest_series_max: Option<usize>,
 }
 
+impl PipelineConfig {
+    /// Whether the processors configured write `output`.
+    pub fn runs(&self, output: Output) -> bool {
+        match output {
+            Output::Deduplicated => self.dedup.is_some(),
+            Output::Aggregates | Output::Late => self.windows.is_some(),
+            Output::Alerts => self.alerts.is_some(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct AlertsConfig {
     pub rules: Vec<Rule>,
@@ -182,13 +193,6 @@ pub struct Emitted {
 }
 
 impl Emitted {
-    pub fn is_empty(&self) -> bool {
-        self.kept.is_empty()
-            && self.aggregates.is_empty()
-            && self.alerts.is_empty()
-            && self.late.is_empty()
-    }
-
     pub fn clear(&mut self) {
         self.kept.clear();
         self.aggregates.clear();
@@ -326,20 +330,6 @@ impl Pipeline {
         Ok(())
     }
 
-    pub fn state(&self) -> PipelineState {
-        PipelineState {
-            dedup: self.dedup.clone(),
-            windows: self.windows.clone(),
-            alerts: self.alerts.as_ref().map(Alerts::state),
-            latest: self
-                .latest
-                .as_ref()
-                .map(|latest| latest.lock().expect("latest state lock").clone()),
-            ids: self.ids,
-            counters: self.counters,
-        }
-    }
-
     /// The latest state, shared with whoever answers queries of it.
     pub fn latest(&self) -> Option<Arc<Mutex<Latest>>> {
         self.latest.clone()
@@ -361,14 +351,6 @@ impl Pipeline {
 
     pub fn dedup_keys(&self) -> usize {
         self.dedup.as_ref().map_or(0, Dedup::keys)
-    }
-
-    pub fn runs(&self, output: Output) -> bool {
-        match output {
-            Output::Deduplicated => self.dedup.is_some(),
-            Output::Aggregates | Output::Late => self.windows.is_some(),
-            Output::Alerts => self.alerts.is_some(),
-        }
     }
 
     /// Processes the records of `batch` at or after `from`; before each record, takes every

@@ -266,9 +266,8 @@ impl Runner {
     /// a topic that already exists) and requires the group on the input.
     pub async fn prepare(&self) -> Result<u32, RunnerError> {
         let partitions = self.bus.partitions(&self.config.input).await?;
-        let probe = Pipeline::new(&self.config.pipeline);
         for output in Output::ALL {
-            if !probe.runs(output) {
+            if !self.config.pipeline.runs(output) {
                 continue;
             }
             let topic = self.config.topic(output);
@@ -591,9 +590,8 @@ impl Runner {
         let input = &self.config.input;
         let range = self.bus.offsets(input, partition).await?;
         let mut output_partitions = [0u32; 4];
-        let probe = Pipeline::new(&self.config.pipeline);
         for output in Output::ALL {
-            if probe.runs(output) {
+            if self.config.pipeline.runs(output) {
                 output_partitions[output.index()] =
                     self.bus.partitions(self.config.topic(output)).await?;
             }

@@ -243,8 +243,20 @@ impl Default for ParkConfig {
 
 impl ParkConfig {
     pub fn sensor_count(&self) -> usize {
-        self.animals
-            + self.habitats * self.weather_stations_per_habitat
+        self.animals + self.fixed_sensors()
+    }
+
+    /// This park with as many animals as make `sensors` in all (at least one): stations,
+    /// fences and gates stay as they are, collars make up the rest.
+    pub fn with_sensors(self, sensors: usize) -> ParkConfig {
+        ParkConfig {
+            animals: sensors.saturating_sub(self.fixed_sensors()).max(1),
+            ..self
+        }
+    }
+
+    fn fixed_sensors(&self) -> usize {
+        self.habitats * self.weather_stations_per_habitat
             + self.habitats * self.paddocks_per_habitat * self.fence_segments_per_paddock
             + self.gates
     }

@@ -53,14 +53,7 @@ pub fn run(args: ProcessorsBenchArgs) -> anyhow::Result<()> {
         args.events > 0 && args.batch > 0 && args.sensors > 0,
         "--events, --batch and --sensors must be positive"
     );
-    let base = ParkConfig::default();
-    let fixed = base.habitats * base.weather_stations_per_habitat
-        + base.habitats * base.paddocks_per_habitat * base.fence_segments_per_paddock
-        + base.gates;
-    let park = Park::generate(&ParkConfig {
-        animals: args.sensors.saturating_sub(fixed).max(1),
-        ..base
-    })?;
+    let park = Park::generate(&ParkConfig::default().with_sensors(args.sensors))?;
     let start_ns = 1_767_225_600_000_000_000;
     let seconds = args.events as f64 / SIMULATED_RATE as f64;
     let mut generator = Generator::new(

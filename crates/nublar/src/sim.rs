@@ -151,19 +151,15 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             Park::from_geojson(&text).with_context(|| format!("in {}", path.display()))?
         }
         None => {
-            let base = ParkConfig::default();
-            let fixed = base.habitats * base.weather_stations_per_habitat
-                + base.habitats * base.paddocks_per_habitat * base.fence_segments_per_paddock
-                + base.gates;
             let config = ParkConfig {
                 seed: args.seed,
-                animals: args.sensors.saturating_sub(fixed).max(1),
                 ipv6_prefix: args
                     .prefix
                     .parse()
                     .map_err(|error| anyhow::anyhow!("--prefix: {error}"))?,
-                ..base
-            };
+                ..ParkConfig::default()
+            }
+            .with_sensors(args.sensors);
             Park::generate(&config)?
         }
     };
