@@ -4,19 +4,30 @@
 //! An event is remembered by a 128-bit digest of its database, measurement, canonical tag set,
 //! timestamp and fields (names, types and values, floats by their bits), so that memory per
 //! event is fixed whatever its size. The window follows the watermark (the latest event time
-//! seen): digests of events older than `watermark - window` are forgotten, and an event that old
-//! is passed on unchecked. At most `keys_max` digests are kept; past that the oldest are
-//! forgotten first, and counted.
+//! seen): an event older than `watermark - window` is passed on unchecked, and the digests
+//! of such events are forgotten.
+//!
+//! Digests are held in slices of event time, each a 256th of the window. A repeat has
+//! the same timestamp as its first copy, so it is looked for in one slice only, and the
+//! slice that the newest events fill is small enough to stay in the processor's cache where
+//! one set of the whole window would not. Forgetting drops a whole slice once all of it is
+//! behind the window, so a digest may be held up to one slice longer than the window; that
+//! changes no decision, since events that old are not checked. At most `keys_max` digests
+//! are kept: past that the oldest slices are forgotten first, and their digests counted.
 //!
 //! Like the other processors this reads no clock: the same input gives the same decisions.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound::{Excluded, Unbounded};
 
 use nublar_model::{FieldValue, ParsedLine};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::series::{ByDigest, series_digest};
+
+/// Slices per window.
+const SLICES: i64 = 256;
 
 /// How long and how many events are remembered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +47,12 @@ impl Default for DedupConfig {
     }
 }
 
+impl DedupConfig {
+    fn slice_ns(&self) -> i64 {
+        (self.window_ns / SLICES).max(1)
+    }
+}
+
 /// What became of one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Seen {
@@ -51,17 +68,24 @@ pub enum Seen {
 pub struct DedupCounters {
     pub duplicates: u64,
     pub too_old_to_check: u64,
-    /// Digests forgotten before the window passed them, to keep `keys_max`.
+    /// Digests forgotten before the window passed their slice, to keep `keys_max`.
     pub forgotten_early: u64,
+}
+
+/// The digests of events in `[start, end)` of event time.
+#[derive(Clone, Serialize, Deserialize)]
+struct Slice {
+    end_ns: i64,
+    digests: HashSet<u128, ByDigest>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Dedup {
     config: DedupConfig,
     watermark_ns: Option<i64>,
-    digests: HashSet<u128, ByDigest>,
-    /// Event time → digests of that time, for forgetting in time order.
-    by_time: BTreeMap<i64, Vec<u128>>,
+    /// Slices by start, never overlapping.
+    slices: BTreeMap<i64, Slice>,
+    keys: usize,
     counters: DedupCounters,
     #[serde(skip)]
     scratch: Vec<u8>,
@@ -72,15 +96,16 @@ impl Dedup {
         Dedup {
             config,
             watermark_ns: None,
-            digests: HashSet::default(),
-            by_time: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            keys: 0,
             counters: DedupCounters::default(),
             scratch: Vec::new(),
         }
     }
 
     /// What these digests are under another configuration: a shorter window or a lower bound
-    /// forgets the surplus at the next event.
+    /// forgets the surplus at the next event. Slices already made keep their length; new
+    /// ones take the new window's.
     pub fn with_config(mut self, config: DedupConfig) -> Dedup {
         self.config = config;
         self
@@ -92,7 +117,7 @@ impl Dedup {
 
     /// Digests held now.
     pub fn keys(&self) -> usize {
-        self.digests.len()
+        self.keys
     }
 
     /// Decides for the event of database `db` at `time_ns`, and remembers it if new.
@@ -110,27 +135,56 @@ impl Dedup {
             return Seen::TooOldToCheck;
         }
         let digest = digest(&mut self.scratch, series, event, time_ns);
-        if !self.digests.insert(digest) {
+        if !self.slice_for(time_ns).digests.insert(digest) {
             self.counters.duplicates += 1;
             return Seen::Duplicate;
         }
-        self.by_time.entry(time_ns).or_default().push(digest);
+        self.keys += 1;
         let watermark = self.watermark_ns.map_or(time_ns, |old| old.max(time_ns));
         self.watermark_ns = Some(watermark);
         let horizon = watermark.saturating_sub(self.config.window_ns);
-        while let Some(entry) = self.by_time.first_entry() {
-            if *entry.key() >= horizon && self.digests.len() <= self.config.keys_max {
+        while let Some(oldest) = self.slices.first_entry() {
+            let behind = oldest.get().end_ns <= horizon;
+            if !behind && self.keys <= self.config.keys_max {
                 break;
             }
-            let early = *entry.key() >= horizon;
-            for digest in entry.remove() {
-                self.digests.remove(&digest);
-                if early {
-                    self.counters.forgotten_early += 1;
-                }
+            let forgotten = oldest.remove().digests.len();
+            self.keys -= forgotten;
+            if !behind {
+                self.counters.forgotten_early += forgotten as u64;
             }
         }
         Seen::New
+    }
+
+    /// The slice holding `time_ns`, made if there is none: aligned to the slice length, and
+    /// cut short where it would overlap a slice made under another window.
+    fn slice_for(&mut self, time_ns: i64) -> &mut Slice {
+        let before = self.slices.range(..=time_ns).next_back();
+        let start = match before {
+            Some((&start, slice)) if slice.end_ns > time_ns => start,
+            _ => {
+                let length = self.config.slice_ns();
+                let mut start = time_ns - time_ns.rem_euclid(length);
+                let mut end_ns = start.saturating_add(length);
+                // The newest slice's size is the best guess of this one's, and growing a
+                // set from empty rehashes it several times.
+                let mut capacity = 0;
+                if let Some((_, slice)) = before {
+                    start = start.max(slice.end_ns);
+                    capacity = slice.digests.len();
+                }
+                if let Some((&next, _)) = self.slices.range((Excluded(time_ns), Unbounded)).next() {
+                    end_ns = end_ns.min(next);
+                }
+                let digests = HashSet::with_capacity_and_hasher(capacity, ByDigest::default());
+                self.slices.insert(start, Slice { end_ns, digests });
+                start
+            }
+        };
+        self.slices
+            .get_mut(&start)
+            .expect("slice just found or made")
     }
 }
 

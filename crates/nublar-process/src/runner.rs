@@ -784,7 +784,7 @@ struct PartitionRun {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"NBPS";
-const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotHeader {

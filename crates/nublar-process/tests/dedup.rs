@@ -1,13 +1,14 @@
 //! Duplicate removal against a model that remembers every event it let through.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use nublar_model::{Field, FieldValue, ParsedLine, Tag};
 use nublar_process::dedup::{Dedup, DedupConfig, Seen};
 use proptest::prelude::*;
 
 const SECOND: i64 = 1_000_000_000;
-const WINDOW: i64 = 30 * SECOND;
+// Slices (a 256th of the window) of 125 ms.
+const WINDOW: i64 = 32 * SECOND;
 
 #[derive(Clone, Debug)]
 struct Sent {
@@ -49,7 +50,10 @@ fn sends() -> impl Strategy<Value = Vec<Sent>> {
             steps
                 .into_iter()
                 .map(|(forward, back, station, value, tags_reversed)| {
-                    time_ns += forward * SECOND;
+                    // Off the whole second by a number of slices, so that slices of one
+                    // window's length start inside another's, and the oldest slice held
+                    // often ends right at the window's edge.
+                    time_ns += forward * SECOND + (forward % 4) * (WINDOW / 256);
                     Sent {
                         time_ns: if back < 0 {
                             time_ns + back * SECOND
@@ -89,10 +93,54 @@ proptest! {
             prop_assert_eq!(dedup.check("park", &event(sent), sent.time_ns), expected, "{:?}", sent);
         }
         prop_assert_eq!(dedup.counters().duplicates, duplicates);
-        // Only what the window still covers is remembered.
+        // Only what the window still covers is remembered, forgotten a slice at a time.
         let horizon = watermark.unwrap() - WINDOW;
-        let covered = passed.iter().filter(|(time, _, _)| *time >= horizon).count();
+        let slice = WINDOW / 256;
+        let kept = |time: i64| time - time.rem_euclid(slice) + slice > horizon;
+        let covered = passed.iter().filter(|(time, _, _)| kept(*time)).count();
         prop_assert_eq!(dedup.keys(), covered);
+    }
+
+    /// A node restarted with another window keeps the slices it made under the old one and
+    /// makes new ones of the new length between them. Digests the old window had passed may
+    /// be forgotten already when a longer one would cover them again: for those either
+    /// answer is right; every other decision is the model's.
+    #[test]
+    fn decisions_stay_right_when_the_window_changes(
+        sends in sends(),
+        at in 0usize..300,
+        seconds in prop::sample::select(vec![1i64, 5, 8, 45, 64]),
+    ) {
+        let mut dedup = Dedup::new(DedupConfig { window_ns: WINDOW, keys_max: usize::MAX });
+        // Each event let through, and whether a horizon has passed it since.
+        let mut passed: HashMap<(i64, u8, u8), bool> = HashMap::new();
+        let mut watermark: Option<i64> = None;
+        let mut window = WINDOW;
+        for (index, sent) in sends.iter().enumerate() {
+            if index == at {
+                window = seconds * SECOND;
+                dedup = dedup.with_config(DedupConfig { window_ns: window, keys_max: usize::MAX });
+            }
+            let key = (sent.time_ns, sent.station, sent.value);
+            let got = dedup.check("park", &event(sent), sent.time_ns);
+            if watermark.is_some_and(|w| sent.time_ns < w - window) {
+                prop_assert_eq!(got, Seen::TooOldToCheck, "{:?}", sent);
+                continue;
+            }
+            match passed.get(&key) {
+                Some(false) => prop_assert_eq!(got, Seen::Duplicate, "{:?}", sent),
+                Some(true) => prop_assert_ne!(got, Seen::TooOldToCheck, "{:?}", sent),
+                None => prop_assert_eq!(got, Seen::New, "{:?}", sent),
+            }
+            if got == Seen::New {
+                watermark = Some(watermark.map_or(sent.time_ns, |w| w.max(sent.time_ns)));
+                let horizon = watermark.unwrap() - window;
+                for (key, behind) in passed.iter_mut() {
+                    *behind |= key.0 < horizon;
+                }
+            }
+            passed.insert(key, false);
+        }
     }
 
     #[test]
@@ -135,4 +183,38 @@ fn databases_fields_and_values_tell_events_apart() {
         Seen::Duplicate
     );
     assert_eq!(dedup.counters().duplicates, 1);
+}
+/// A longer window's slice would start inside one of the old window's: it starts where
+/// that one ends, and what that one holds is still found.
+#[test]
+fn a_longer_window_keeps_what_the_old_slices_hold() {
+    let mut dedup = Dedup::new(DedupConfig {
+        window_ns: WINDOW,
+        keys_max: usize::MAX,
+    });
+    let at = |time_ns: i64| Sent {
+        time_ns,
+        station: 0,
+        value: 0,
+        tags_reversed: false,
+    };
+    let slice = WINDOW / 256;
+    let first = 4 * slice + slice / 2;
+    assert_eq!(dedup.check("park", &event(&at(first)), first), Seen::New);
+    // Slices twice as long: the one for `later` would start with `first`'s.
+    dedup = dedup.with_config(DedupConfig {
+        window_ns: 2 * WINDOW,
+        keys_max: usize::MAX,
+    });
+    let later = first + slice;
+    assert_eq!(dedup.check("park", &event(&at(later)), later), Seen::New);
+    assert_eq!(
+        dedup.check("park", &event(&at(first)), first),
+        Seen::Duplicate
+    );
+    assert_eq!(
+        dedup.check("park", &event(&at(later)), later),
+        Seen::Duplicate
+    );
+    assert_eq!(dedup.keys(), 2);
 }
