@@ -134,8 +134,15 @@ async fn serve(
     // sinks read the topics the processors create.
     let runner_config = node.processors.runner(data)?;
     let live_pipeline = runner_config.as_ref().map(|config| config.pipeline.clone());
-    let processors = start_processors(runner_config, bus.clone(), &gateway).await?;
-    let webhooks = match node.processors.webhooks()? {
+    let webhooks_config = node.processors.webhooks()?;
+    let processors = start_processors(
+        runner_config,
+        bus.clone(),
+        &gateway,
+        webhooks_config.is_some(),
+    )
+    .await?;
+    let webhooks = match webhooks_config {
         Some(webhooks) => {
             let counters = Arc::new(crate::webhooks::WebhookCounters::default());
             let metrics = counters.clone();
@@ -350,6 +357,7 @@ async fn start_processors(
     config: Option<nublar_process::runner::RunnerConfig>,
     bus: Arc<dyn Bus>,
     gateway: &Gateway,
+    webhooks: bool,
 ) -> anyhow::Result<
     Option<(
         Arc<nublar_process::runner::RunnerShared>,
@@ -362,6 +370,11 @@ async fn start_processors(
     };
     let runner = nublar_process::runner::Runner::new(bus.clone(), config);
     runner.prepare().await.context("starting the processors")?;
+    if webhooks {
+        crate::webhooks::prepare(&bus)
+            .await
+            .context("starting the webhooks")?;
+    }
     let shared = runner.shared();
     let metrics = shared.clone();
     let input = bus.clone();

@@ -154,9 +154,23 @@ impl WebhookCounters {
     }
 }
 
-/// Delivers the alerts of every partition of `_alerts` until `stop`. A partition the group
-/// has never read starts at the topic's end: alerts from before webhooks were configured are
-/// not sent.
+/// Fixes where the group starts on each partition of `_alerts` it has never read: the topic's
+/// end, so that alerts from before webhooks were configured are not sent. Called before the
+/// processors run, so that every alert they raise from then on is sent.
+pub async fn prepare(bus: &Arc<dyn Bus>) -> anyhow::Result<()> {
+    let topic = nublar_process::runner::ALERTS_TOPIC;
+    bus.require_group(GROUP, topic).await?;
+    for partition in 0..bus.partitions(topic).await? {
+        if bus.committed(GROUP, topic, partition).await?.is_none() {
+            let end = bus.offsets(topic, partition).await?.end;
+            bus.commit(GROUP, &[(topic, partition, end)]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Delivers the alerts of every partition of `_alerts` until `stop`, from where [`prepare`]
+/// or the last commit left the group.
 pub async fn run(
     bus: Arc<dyn Bus>,
     webhooks: Webhooks,
@@ -164,7 +178,7 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let topic = nublar_process::runner::ALERTS_TOPIC;
-    bus.require_group(GROUP, topic).await?;
+    prepare(&bus).await?;
     let partitions = bus.partitions(topic).await?;
     let webhooks = Arc::new(webhooks);
     let mut tasks = tokio::task::JoinSet::new();
@@ -203,13 +217,11 @@ async fn partition_loop(
 ) -> anyhow::Result<()> {
     let topic = nublar_process::runner::ALERTS_TOPIC;
     let range = bus.offsets(topic, partition).await?;
-    let mut position = match bus.committed(GROUP, topic, partition).await? {
-        Some(offset) => offset.max(range.start),
-        None => {
-            bus.commit(GROUP, &[(topic, partition, range.end)]).await?;
-            range.end
-        }
-    };
+    let mut position = bus
+        .committed(GROUP, topic, partition)
+        .await?
+        .context("the webhooks' group has no start on this partition")?
+        .max(range.start);
     loop {
         if *stop.borrow() {
             return Ok(());
