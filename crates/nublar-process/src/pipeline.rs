@@ -213,6 +213,23 @@ pub struct PipelineCounters {
     pub alerts: u64,
 }
 
+/// The processors' memory bounds: what they hold, and what they left out to stay within
+/// them. Counted since the partition's state began, snapshots included.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bounds {
+    /// Duplicate digests held (`keys_max`).
+    pub dedup_keys: usize,
+    /// Digests forgotten while their events were still within the window, to keep
+    /// `keys_max`: a repeat of one of them passes.
+    pub dedup_forgotten_early: u64,
+    /// Events older than the window, passed on unchecked.
+    pub dedup_too_old_to_check: u64,
+    /// Events of series that alert rules could not watch (`series_max`).
+    pub alerts_series_unwatched: u64,
+    /// Events of series that latest state could not hold (`series_max`).
+    pub latest_series_dropped: u64,
+}
+
 /// A tick of the clock for absence, at an input position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tick {
@@ -349,8 +366,19 @@ impl Pipeline {
         self.windows.as_ref().map_or(0, Windows::open_aggregates)
     }
 
-    pub fn dedup_keys(&self) -> usize {
-        self.dedup.as_ref().map_or(0, Dedup::keys)
+    /// What the memory bounds hold and what they left out.
+    pub fn bounds(&self) -> Bounds {
+        let dedup = self.dedup.as_ref();
+        let forgotten = dedup.map(Dedup::counters).unwrap_or_default();
+        Bounds {
+            dedup_keys: dedup.map_or(0, Dedup::keys),
+            dedup_forgotten_early: forgotten.forgotten_early,
+            dedup_too_old_to_check: forgotten.too_old_to_check,
+            alerts_series_unwatched: self.alerts.as_ref().map_or(0, Alerts::series_unwatched),
+            latest_series_dropped: self.latest.as_ref().map_or(0, |latest| {
+                latest.lock().expect("latest state lock").series_dropped()
+            }),
+        }
     }
 
     /// Processes the records of `batch` at or after `from`; before each record, takes every

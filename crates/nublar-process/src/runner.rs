@@ -35,8 +35,8 @@ use tokio::sync::watch;
 use crate::alerts::{Alert, AlertState};
 use crate::latest::{Latest, SeriesState};
 use crate::pipeline::{
-    Emitted, ItemId, LateEvent, Output, Pipeline, PipelineConfig, PipelineCounters, PipelineState,
-    Tick,
+    Bounds, Emitted, ItemId, LateEvent, Output, Pipeline, PipelineConfig, PipelineCounters,
+    PipelineState, Tick,
 };
 use crate::windows::Aggregate;
 
@@ -131,7 +131,7 @@ struct PartitionStatus {
     counters: PipelineCounters,
     position: i64,
     open_aggregates: usize,
-    dedup_keys: usize,
+    bounds: Bounds,
     snapshots: u64,
     failed_rounds: u64,
     latest: Option<Arc<Mutex<Latest>>>,
@@ -142,7 +142,7 @@ struct PartitionStatus {
 pub struct RunnerTotals {
     pub counters: PipelineCounters,
     pub open_aggregates: usize,
-    pub dedup_keys: usize,
+    pub bounds: Bounds,
     pub snapshots: u64,
     pub failed_rounds: u64,
 }
@@ -169,7 +169,12 @@ impl RunnerShared {
             sum.aggregates += one.aggregates;
             sum.alerts += one.alerts;
             totals.open_aggregates += status.open_aggregates;
-            totals.dedup_keys += status.dedup_keys;
+            let (sum, one) = (&mut totals.bounds, &status.bounds);
+            sum.dedup_keys += one.dedup_keys;
+            sum.dedup_forgotten_early += one.dedup_forgotten_early;
+            sum.dedup_too_old_to_check += one.dedup_too_old_to_check;
+            sum.alerts_series_unwatched += one.alerts_series_unwatched;
+            sum.latest_series_dropped += one.latest_series_dropped;
             totals.snapshots += status.snapshots;
             totals.failed_rounds += status.failed_rounds;
         }
@@ -368,15 +373,15 @@ impl Runner {
                     .await?;
             }
             let pipeline = run.pipeline.as_ref().expect("the pipeline is home");
-            let (counters, open, keys) = (
+            let (counters, open, bounds) = (
                 pipeline.counters(),
                 pipeline.open_aggregates(),
-                pipeline.dedup_keys(),
+                pipeline.bounds(),
             );
             self.shared.update(partition, |status| {
                 status.counters = counters;
                 status.open_aggregates = open;
-                status.dedup_keys = keys;
+                status.bounds = bounds;
                 status.position = run.position;
             });
             if stopping && !read_any {

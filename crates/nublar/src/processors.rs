@@ -520,11 +520,37 @@ pub fn prometheus(shared: &RunnerShared) -> String {
     for (name, kind, value) in series {
         let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
     }
-    let _ = writeln!(
-        out,
-        "# TYPE nublar_processors_dedup_keys gauge\nnublar_processors_dedup_keys {}",
-        totals.dedup_keys
-    );
+    let bounds = &totals.bounds;
+    let bounded = [
+        (
+            "nublar_processors_dedup_keys",
+            "gauge",
+            bounds.dedup_keys as u64,
+        ),
+        (
+            "nublar_processors_dedup_forgotten_early_total",
+            "counter",
+            bounds.dedup_forgotten_early,
+        ),
+        (
+            "nublar_processors_dedup_too_old_total",
+            "counter",
+            bounds.dedup_too_old_to_check,
+        ),
+        (
+            "nublar_processors_alerts_series_unwatched_total",
+            "counter",
+            bounds.alerts_series_unwatched,
+        ),
+        (
+            "nublar_processors_latest_series_dropped_total",
+            "counter",
+            bounds.latest_series_dropped,
+        ),
+    ];
+    for (name, kind, value) in bounded {
+        let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+    }
     out
 }
 

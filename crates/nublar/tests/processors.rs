@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, nublar_ok, start_node};
+use common::{NodeProcess, free_port, nublar_ok, start_node};
 
 /// Fast ticks, snapshots far apart (so a restart reads seconds again), two-second windows, the default fence rule and absence after
 /// 5 s. (A breached collar takes up to minutes of simulated time to reach its fence: its
@@ -174,8 +174,7 @@ fn the_staged_breach_and_silence_raise_one_alert_each_across_sigkills() {
     let output = sim.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{summary}");
-    node.signal(libc::SIGTERM);
-    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    stop(node);
     let rows = alert_rows(dir);
     let firing = |rule: &str| -> Vec<&(String, String, String, u64)> {
         rows.iter()
@@ -256,38 +255,20 @@ name = "collar_outside_paddock"
 measurement = "collar"
 kind = "geofence"
 "#;
-    let mut node = start_node(data.path(), config, "127.0.0.1:0");
+    let node = start_node(data.path(), config, "127.0.0.1:0");
     let text = std::fs::read_to_string(&lines).unwrap();
     let all: Vec<&str> = text.lines().collect();
     for chunk in all.chunks(4000) {
-        let (status, body) = common::request(
-            node.http,
-            "POST",
-            "/api/v3/write_lp?db=park&precision=ns",
-            &[],
-            chunk.join("\n").as_bytes(),
-        );
-        assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+        write_park(&node, &chunk.join("\n"));
     }
-    let started = Instant::now();
-    loop {
-        let (_, metrics) = common::request(node.http, "GET", "/metrics", &[], b"");
-        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    metrics_until(&node, Duration::from_secs(60), |metrics| {
         let events = metrics
             .lines()
             .find_map(|line| line.strip_prefix("nublar_processors_events_total "))
             .and_then(|value| value.parse::<usize>().ok());
-        if events == Some(all.len()) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the processors did not read every event: {metrics}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    node.signal(libc::SIGTERM);
-    assert!(node.wait_exit(Duration::from_secs(30)).success());
+        events == Some(all.len())
+    });
+    stop(node);
     let csv = nublar_ok(
         dir,
         &[
@@ -359,6 +340,38 @@ kind = "geofence"
     for wanted in ["animal=", "species=", "paddock=", "containment breach"] {
         assert!(rows[0].contains(wanted), "{wanted} in {csv}");
     }
+}
+
+/// Writes line protocol with nanosecond times to the `park` database.
+fn write_park(node: &NodeProcess, lines: &str) {
+    let (status, body) = common::request(
+        node.http,
+        "POST",
+        "/api/v3/write_lp?db=park&precision=ns",
+        &[],
+        lines.as_bytes(),
+    );
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+}
+
+/// The node's `/metrics` once `done` holds of it; fails with the last answer after `limit`.
+fn metrics_until(node: &NodeProcess, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = common::request(node.http, "GET", "/metrics", &[], b"");
+        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+        if done(&metrics) {
+            return metrics;
+        }
+        assert!(started.elapsed() < limit, "not within {limit:?}: {metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops a node as an operator does, and requires a clean exit.
+fn stop(mut node: NodeProcess) {
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
 }
 
 /// A webhook receiver on loopback: answers 500 to the first `failures` requests, then 204;
@@ -437,27 +450,13 @@ backoff_max_ms = 100
 timeout_ms = 1000
 "#
     );
-    let mut node = start_node(data.path(), &config, "127.0.0.1:0");
+    let node = start_node(data.path(), &config, "127.0.0.1:0");
     let lines = "fence,paddock=p1,segment=p1/1 voltage_kv=9.1 1000000000\n\
                  fence,paddock=p1,segment=p1/1 voltage_kv=0.1 2000000000\n";
-    let (status, _) = common::request(
-        node.http,
-        "POST",
-        "/api/v3/write_lp?db=park&precision=ns",
-        &[],
-        lines.as_bytes(),
-    );
-    assert_eq!(status, 204);
-    let started = Instant::now();
-    let metrics = loop {
-        let (_, metrics) = common::request(node.http, "GET", "/metrics", &[], b"");
-        let metrics = String::from_utf8_lossy(&metrics).into_owned();
-        if metrics.contains("nublar_webhook_dead_letters_total 1") {
-            break metrics;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{metrics}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    write_park(&node, lines);
+    let metrics = metrics_until(&node, Duration::from_secs(30), |metrics| {
+        metrics.contains("nublar_webhook_dead_letters_total 1")
+    });
     assert!(
         metrics.contains("nublar_webhook_deliveries_total 1"),
         "{metrics}"
@@ -474,8 +473,7 @@ timeout_ms = 1000
     assert_eq!(alert["rule"], "fence_voltage_low");
     assert_eq!(alert["state"], "firing");
     assert_eq!(alert["value"], 0.1);
-    node.signal(libc::SIGTERM);
-    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    stop(node);
     let csv = nublar_ok(
         dir,
         &[
@@ -491,4 +489,101 @@ timeout_ms = 1000
             && csv.contains(&format!("127.0.0.1:{closed}/ after 3 tries")),
         "{csv}"
     );
+}
+
+/// Alerts raised at a node's first start with webhooks, from telemetry already in the log,
+/// are sent: the webhooks' group takes its place before the processors raise anything.
+#[test]
+fn alerts_from_a_backlog_reach_webhooks_at_their_first_start() {
+    let data = tempfile::tempdir().unwrap();
+    let rule = r#"
+[[processors.alerts.rules]]
+name = "fence_voltage_low"
+measurement = "fence"
+kind = "threshold"
+field = "voltage_kv"
+below = 5.0
+"#;
+    let node = start_node(
+        data.path(),
+        &format!("[lake]\nenabled = false\n\n[processors]\nenabled = false\n{rule}"),
+        "127.0.0.1:0",
+    );
+    let lines = "fence,paddock=p1,segment=p1/1 voltage_kv=9.1 1000000000\n\
+                 fence,paddock=p1,segment=p1/1 voltage_kv=0.1 2000000000\n";
+    write_park(&node, lines);
+    stop(node);
+
+    let (port, received) = receiver(0);
+    let config = format!(
+        "[lake]\nenabled = false\n{rule}\n[processors.alerts.webhooks]\nurls = [\"http://127.0.0.1:{port}/\"]\n"
+    );
+    let node = start_node(data.path(), &config, "127.0.0.1:0");
+    let started = Instant::now();
+    while received.lock().unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the backlog's alert never reached the webhook"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = received.lock().unwrap().clone();
+    let alert: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!(
+        (alert["rule"].as_str(), alert["value"].as_f64()),
+        (Some("fence_voltage_low"), Some(0.1))
+    );
+    stop(node);
+}
+
+/// Each memory bound says in /metrics what it left out, so an operator sees one set too low.
+#[test]
+fn what_the_memory_bounds_leave_out_is_counted() {
+    let data = tempfile::tempdir().unwrap();
+    let config = r#"
+[lake]
+enabled = false
+
+[processors.dedup]
+enabled = true
+window_seconds = 1.0
+keys_max = 1
+
+[processors.latest]
+series_max = 1
+
+[processors.alerts]
+series_max = 1
+
+[[processors.alerts.rules]]
+name = "fence_voltage_low"
+measurement = "fence"
+kind = "threshold"
+field = "voltage_kv"
+below = 5.0
+"#;
+    let node = start_node(data.path(), config, "127.0.0.1:0");
+    // Two events of one series within the window, then a second series: with one digest
+    // kept, each new one forgets the last while the window still covers it; the second
+    // series is beyond latest state's and the rule's one series; the last event is older
+    // than the window.
+    let lines = "fence,segment=a voltage_kv=9 20000000000\n\
+                 fence,segment=a voltage_kv=8 20500000000\n\
+                 fence,segment=b voltage_kv=9 20600000000\n\
+                 fence,segment=a voltage_kv=7 10000000000\n";
+    write_park(&node, lines);
+    let wanted = [
+        "nublar_processors_events_total 4",
+        "nublar_processors_dedup_keys 1",
+        "nublar_processors_dedup_forgotten_early_total 2",
+        "nublar_processors_dedup_too_old_total 1",
+        "nublar_processors_alerts_series_unwatched_total 1",
+        "nublar_processors_latest_series_dropped_total 1",
+    ];
+    metrics_until(&node, Duration::from_secs(30), |metrics| {
+        wanted
+            .iter()
+            .all(|line| metrics.lines().any(|l| l == *line))
+    });
+    stop(node);
 }
