@@ -230,6 +230,29 @@ pub struct Bounds {
     pub latest_series_dropped: u64,
 }
 
+impl PipelineCounters {
+    /// Adds another partition's counts to these.
+    pub fn add(&mut self, other: &PipelineCounters) {
+        self.events += other.events;
+        self.unreadable += other.unreadable;
+        self.duplicates += other.duplicates;
+        self.late += other.late;
+        self.aggregates += other.aggregates;
+        self.alerts += other.alerts;
+    }
+}
+
+impl Bounds {
+    /// Adds another partition's figures to these.
+    pub fn add(&mut self, other: &Bounds) {
+        self.dedup_keys += other.dedup_keys;
+        self.dedup_forgotten_early += other.dedup_forgotten_early;
+        self.dedup_too_old_to_check += other.dedup_too_old_to_check;
+        self.alerts_series_unwatched += other.alerts_series_unwatched;
+        self.latest_series_dropped += other.latest_series_dropped;
+    }
+}
+
 /// A tick of the clock for absence, at an input position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tick {

@@ -161,20 +161,9 @@ impl RunnerShared {
         let partitions = self.partitions.lock().expect("runner status lock");
         let mut totals = RunnerTotals::default();
         for status in partitions.iter() {
-            let (sum, one) = (&mut totals.counters, &status.counters);
-            sum.events += one.events;
-            sum.unreadable += one.unreadable;
-            sum.duplicates += one.duplicates;
-            sum.late += one.late;
-            sum.aggregates += one.aggregates;
-            sum.alerts += one.alerts;
+            totals.counters.add(&status.counters);
             totals.open_aggregates += status.open_aggregates;
-            let (sum, one) = (&mut totals.bounds, &status.bounds);
-            sum.dedup_keys += one.dedup_keys;
-            sum.dedup_forgotten_early += one.dedup_forgotten_early;
-            sum.dedup_too_old_to_check += one.dedup_too_old_to_check;
-            sum.alerts_series_unwatched += one.alerts_series_unwatched;
-            sum.latest_series_dropped += one.latest_series_dropped;
+            totals.bounds.add(&status.bounds);
             totals.snapshots += status.snapshots;
             totals.failed_rounds += status.failed_rounds;
         }

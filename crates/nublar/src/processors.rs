@@ -477,8 +477,9 @@ pub fn lake_sinks(
 pub fn prometheus(shared: &RunnerShared) -> String {
     let totals = shared.totals();
     let counters = totals.counters;
+    let bounds = &totals.bounds;
     let mut out = String::new();
-    let series: [(&str, &str, u64); 9] = [
+    let series: [(&str, &str, u64); 14] = [
         ("nublar_processors_events_total", "counter", counters.events),
         (
             "nublar_processors_records_unreadable_total",
@@ -516,12 +517,6 @@ pub fn prometheus(shared: &RunnerShared) -> String {
             "gauge",
             totals.open_aggregates as u64,
         ),
-    ];
-    for (name, kind, value) in series {
-        let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
-    }
-    let bounds = &totals.bounds;
-    let bounded = [
         (
             "nublar_processors_dedup_keys",
             "gauge",
@@ -548,7 +543,7 @@ pub fn prometheus(shared: &RunnerShared) -> String {
             bounds.latest_series_dropped,
         ),
     ];
-    for (name, kind, value) in bounded {
+    for (name, kind, value) in series {
         let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
     }
     out

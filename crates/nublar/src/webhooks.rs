@@ -170,7 +170,7 @@ pub async fn prepare(bus: &Arc<dyn Bus>) -> anyhow::Result<()> {
 }
 
 /// Delivers the alerts of every partition of `_alerts` until `stop`, from where [`prepare`]
-/// or the last commit left the group.
+/// (called first) or the last commit left the group.
 pub async fn run(
     bus: Arc<dyn Bus>,
     webhooks: Webhooks,
@@ -178,7 +178,6 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let topic = nublar_process::runner::ALERTS_TOPIC;
-    prepare(&bus).await?;
     let partitions = bus.partitions(topic).await?;
     let webhooks = Arc::new(webhooks);
     let mut tasks = tokio::task::JoinSet::new();
