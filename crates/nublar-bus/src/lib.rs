@@ -18,10 +18,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 pub use nublar_log::limits::BATCH_KEY_BYTES_MAX;
+/// The most a batch's records may take before compression: what every reader
+/// decompresses at most, and so what every producer must stay within.
+pub use nublar_log::limits::DECOMPRESSED_BYTES_MAX as BATCH_RECORDS_BYTES_MAX;
 use nublar_log::{AppendError, Log, LogError, ReadError};
 pub use nublar_log::{
-    AppendOutcome, Batch, BatchBuilder, BatchError, BatchView, Compression, Durability, Guarantee,
-    ReadBatches, Record, TopicConfig,
+    AppendOutcome, Batch, BatchBuilder, BatchError, BatchView, Compression, Durability,
+    Fingerprint, Guarantee, KeyEntry, ReadBatches, Record, TopicConfig,
 };
 
 /// Where a read starts.
@@ -61,6 +64,9 @@ pub enum BusError {
     /// it unchanged cannot succeed.
     #[error("{0}")]
     Invalid(String),
+    /// The batch key was used before for a batch with another fingerprint.
+    #[error("{0}")]
+    Conflict(String),
     /// No room now (quota or disk full); the same request may succeed later.
     #[error("{0}")]
     Full(String),
@@ -136,6 +142,16 @@ pub trait Bus: Send + Sync + 'static {
     /// What keeps the bus from taking writes right now (a stopped partition
     /// and why), for readiness; empty when all is well.
     fn problems(&self) -> Vec<String>;
+
+    /// The batch keys the partition remembers (key, offsets, append time,
+    /// fingerprint), oldest first; empty on a bus that keeps none.
+    async fn batch_keys(
+        &self,
+        _topic: &str,
+        _partition: u32,
+    ) -> Result<Vec<(String, KeyEntry)>, BusError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The embedded log as a bus. Blocking log calls run on tokio's blocking
@@ -293,6 +309,16 @@ impl Bus for EmbeddedBus {
             .collect()
     }
 
+    async fn batch_keys(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<(String, KeyEntry)>, BusError> {
+        let topic = topic.to_owned();
+        self.blocking(move |log| log.batch_keys(&topic, partition).map_err(from_read_error))
+            .await
+    }
+
     async fn require_group(&self, group: &str, topic: &str) -> Result<(), BusError> {
         let (group, topic) = (group.to_owned(), topic.to_owned());
         self.blocking(move |log| {
@@ -322,9 +348,11 @@ fn from_append_error(error: AppendError) -> BusError {
             BusError::Stopped(error.to_string())
         }
         AppendError::Io(_) => BusError::Unavailable(error.to_string()),
+        AppendError::BatchKeyReused { .. } => BusError::Conflict(error.to_string()),
         AppendError::InvalidBatch(_)
         | AppendError::BatchTooLarge { .. }
-        | AppendError::RecordTooLarge { .. } => BusError::Invalid(error.to_string()),
+        | AppendError::RecordTooLarge { .. }
+        | AppendError::RecordsTooLarge { .. } => BusError::Invalid(error.to_string()),
     }
 }
 

@@ -74,6 +74,7 @@ pub(crate) struct Origin<'a> {
     pub sender_text: &'a str,
     pub received_ns: i64,
     pub batch_key: Option<&'a str>,
+    pub fingerprint: Option<nublar_bus::Fingerprint>,
 }
 
 /// Appends the first of `rejected` (the first rejected lines of a request,
@@ -99,6 +100,9 @@ pub(crate) async fn append(
             builder = builder
                 .batch_key(key)
                 .expect("the request's batch key already fit");
+            if let Some(fingerprint) = origin.fingerprint {
+                builder = builder.fingerprint(fingerprint);
+            }
         }
         for line in &rejected[..granted] {
             let letter = DeadLetter {

@@ -31,8 +31,10 @@
 
 mod auth;
 mod dead_letters;
+mod idempotency;
 mod limits;
 mod metrics;
+mod rate;
 mod schema;
 mod write;
 
@@ -51,8 +53,11 @@ use serde::Deserialize;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 
-pub use auth::{AccessConfig, Denied, Prefix, Scope, Token};
+pub use auth::{
+    AccessConfig, Action, Client, Denied, ForwardedHeader, Grant, Prefix, Scope, Token,
+};
 pub use dead_letters::DEAD_LETTERS_TOPIC;
+pub use idempotency::IdempotencyConfig;
 pub use limits::IngestConfig;
 pub use metrics::Metrics;
 pub use schema::{ColumnKind, SCHEMAS_TOPIC};
@@ -70,6 +75,11 @@ pub struct Gateway {
 struct Inner {
     bus: Arc<dyn Bus>,
     config: IngestConfig,
+    /// Tokens and access rules: the configuration's at start, replaced whole
+    /// by [`Gateway::set_access`] (a reload), never edited in place.
+    access: std::sync::RwLock<Arc<AccessConfig>>,
+    rates: rate::RateLimits,
+    keys: idempotency::KeyIndex,
     partitions: u32,
     in_flight: Semaphore,
     draining: AtomicBool,
@@ -120,10 +130,24 @@ impl Gateway {
         let schemas = schema::SchemaRegistry::open(bus.as_ref(), config.schema_columns_max)
             .await
             .map_err(StartError::Schemas)?;
+        // Keys stored before a restart still answer their retries.
+        let keys = idempotency::KeyIndex::new(config.idempotency.clone());
+        for partition in 0..partitions {
+            let remembered = bus
+                .batch_keys(TELEMETRY_TOPIC, partition)
+                .await
+                .map_err(StartError::Topic)?;
+            for (key, entry) in remembered {
+                keys.restore(&key, entry.fingerprint, entry.append_ms);
+            }
+        }
         let permits = config.in_flight_bytes_max.div_ceil(limits::PERMIT_BYTES);
         Ok(Gateway {
             inner: Arc::new(Inner {
                 bus,
+                access: std::sync::RwLock::new(Arc::new(config.access.clone())),
+                rates: rate::RateLimits::default(),
+                keys,
                 partitions,
                 in_flight: Semaphore::new(permits),
                 draining: AtomicBool::new(false),
@@ -140,8 +164,37 @@ impl Gateway {
         })
     }
 
-    pub fn access(&self) -> &AccessConfig {
-        &self.inner.config.access
+    /// The access rules in force now.
+    pub fn access(&self) -> Arc<AccessConfig> {
+        self.inner.access()
+    }
+
+    /// Replaces the tokens and access rules for every request that starts
+    /// from now on (a reload); requests already admitted finish as they were.
+    pub fn set_access(&self, access: AccessConfig) -> Result<(), String> {
+        access.validate()?;
+        let names: Vec<&str> = access
+            .tokens
+            .iter()
+            .map(|token| token.name.as_str())
+            .collect();
+        self.inner.rates.retain(&names);
+        *self.inner.access.write().unwrap() = Arc::new(access);
+        Ok(())
+    }
+
+    /// Who sent a request from `peer` with `headers`, and whether they may do
+    /// `action`; a refusal is counted by the caller's answer.
+    pub fn authorize(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+        action: Action<'_>,
+    ) -> Result<(Client, Grant), Denied> {
+        let access = self.access();
+        let client = access.resolve(peer, headers);
+        let grant = access.authorize(&client, headers, action)?;
+        Ok((client, grant))
     }
 
     /// Adds `source`'s lines to every `/metrics` answer.
@@ -268,7 +321,7 @@ impl Gateway {
                 () = &mut shutdown => return Ok(()),
             };
             let sender = canonical_ip(peer.ip());
-            if !self.inner.config.access.check_udp(sender) {
+            if !self.inner.access().check_udp(sender) {
                 self.inner.metrics.count_udp_drop();
                 continue;
             }
@@ -284,6 +337,9 @@ impl Gateway {
                 accept_partial: true,
                 sender,
                 idempotency_key: None,
+                fingerprint: None,
+                rate: None,
+                replay: false,
             };
             if let Err(error) = write::handle(&self.inner, request).await {
                 self.inner.metrics.count_udp_drop();
@@ -467,7 +523,29 @@ async fn health() -> &'static str {
     "ok\n"
 }
 
-async fn ready(State(gateway): State<Gateway>) -> Response {
+impl Inner {
+    fn access(&self) -> Arc<AccessConfig> {
+        self.access.read().unwrap().clone()
+    }
+}
+
+/// Refuses `/metrics` and `/ready` to whom `protect_metrics` keeps them from.
+#[allow(clippy::result_large_err)]
+fn check_metrics(gateway: &Gateway, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
+    gateway
+        .authorize(peer.ip(), headers, Action::Metrics)
+        .map(|_| ())
+        .map_err(|denied| (denied.status(), format!("{}\n", denied.message())).into_response())
+}
+
+async fn ready(
+    State(gateway): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = check_metrics(&gateway, peer, &headers) {
+        return refused;
+    }
     let mut problems = gateway.inner.bus.problems();
     if gateway.inner.draining.load(Ordering::SeqCst) {
         problems.insert(0, "draining".into());
@@ -487,7 +565,14 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
     }
 }
 
-async fn metrics_text(State(gateway): State<Gateway>) -> Response {
+async fn metrics_text(
+    State(gateway): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = check_metrics(&gateway, peer, &headers) {
+        return refused;
+    }
     let available = gateway.inner.in_flight.available_permits() * limits::PERMIT_BYTES;
     let in_flight = gateway
         .inner

@@ -32,6 +32,12 @@ pub const DEAD_LETTERS_PER_REQUEST_DEFAULT: usize = 100;
 pub const DEAD_LETTERS_PER_SENDER_PER_SECOND_DEFAULT: usize = 1000;
 /// Sender addresses whose dead letter buckets are tracked at once.
 pub const DEAD_LETTER_SENDERS_MAX: usize = 10_000;
+/// Idempotency keys: how long a stored request's key answers its retries,
+/// how many one owner (token, or address without one) keeps, and how many the
+/// node keeps (each about 300 bytes with its bookkeeping).
+pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: i64 = 15 * 60 * 1000;
+pub const IDEMPOTENCY_KEYS_PER_OWNER_DEFAULT: usize = 10_000;
+pub const IDEMPOTENCY_KEYS_DEFAULT: usize = 200_000;
 /// What a client is told to wait before retrying when the gateway is full.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
@@ -66,6 +72,7 @@ pub struct IngestConfig {
     /// Columns the schema registry remembers over all tables; past it, new
     /// columns are rejected (`too_many_columns`).
     pub schema_columns_max: usize,
+    pub idempotency: crate::idempotency::IdempotencyConfig,
 }
 
 impl Default for IngestConfig {
@@ -83,6 +90,7 @@ impl Default for IngestConfig {
             dead_letters_per_request_max: DEAD_LETTERS_PER_REQUEST_DEFAULT,
             dead_letters_per_sender_per_second: DEAD_LETTERS_PER_SENDER_PER_SECOND_DEFAULT,
             schema_columns_max: SCHEMA_COLUMNS_DEFAULT,
+            idempotency: crate::idempotency::IdempotencyConfig::default(),
         }
     }
 }
@@ -109,6 +117,8 @@ impl IngestConfig {
         if self.header_read_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
             return Err("read timeouts must be positive".into());
         }
+        self.access.validate()?;
+        self.idempotency.validate()?;
         crate::write::validate_db(&self.udp_db).map_err(|reason| format!("udp_db: {reason}"))
     }
 }

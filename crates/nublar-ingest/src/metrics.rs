@@ -59,6 +59,7 @@ pub struct Metrics {
     received_bytes_total: AtomicU64,
     udp_dropped_total: AtomicU64,
     refused_connections_total: AtomicU64,
+    idempotent_replays_total: AtomicU64,
     dead_letters_total: AtomicU64,
     dead_letters_dropped_total: AtomicU64,
 }
@@ -106,6 +107,12 @@ impl Metrics {
 
     pub fn count_refused_connection(&self) {
         self.refused_connections_total
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A retry of a stored request, answered without storing it again.
+    pub fn count_replay(&self) {
+        self.idempotent_replays_total
             .fetch_add(1, Ordering::Relaxed);
     }
 
@@ -193,6 +200,9 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE nublar_http_refused_connections_total counter");
         let refused = self.refused_connections_total.load(Ordering::Relaxed);
         let _ = writeln!(out, "nublar_http_refused_connections_total {refused}");
+        let _ = writeln!(out, "# TYPE nublar_ingest_idempotent_replays_total counter");
+        let replays = self.idempotent_replays_total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "nublar_ingest_idempotent_replays_total {replays}");
         out
     }
 }

@@ -9,10 +9,12 @@ use std::net::{IpAddr, SocketAddr};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use nublar_bus::{BatchBuilder, BusError, Compression};
+use nublar_bus::{BATCH_RECORDS_BYTES_MAX, BatchBuilder, BusError, Compression, Fingerprint};
 use nublar_model::{ParseLimits, Precision, parse_lines, stored};
 use serde_json::json;
 
+use crate::auth::Action;
+use crate::idempotency::Claim;
 use crate::limits::{
     DATABASE_NAME_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX, PERMIT_BYTES, REJECTED_LINES_REPORTED_MAX,
     RETRY_AFTER_SECONDS,
@@ -53,6 +55,13 @@ pub(crate) struct WriteRequest {
     pub accept_partial: bool,
     pub sender: IpAddr,
     pub idempotency_key: Option<String>,
+    /// What the key stands for, carried with it into the log.
+    pub fingerprint: Option<Fingerprint>,
+    /// The token's name and events per second, when its writes are limited.
+    pub rate: Option<(String, u64)>,
+    /// The same request was stored before under its key: answer as then,
+    /// store nothing.
+    pub replay: bool,
 }
 
 pub(crate) struct Rejected {
@@ -69,7 +78,10 @@ pub(crate) struct WriteFailure {
     pub rejected: Vec<Rejected>,
     /// Total rejected lines (more than `rejected` lists when over the limit).
     pub rejected_total: usize,
-    pub retry_after: bool,
+    /// Seconds the client is told to wait (`Retry-After`) before trying again.
+    pub retry_after: Option<u64>,
+    /// Some of the request was stored all the same (a partial write).
+    pub stored: bool,
 }
 
 impl WriteFailure {
@@ -79,7 +91,15 @@ impl WriteFailure {
             message: message.into(),
             rejected: Vec::new(),
             rejected_total: 0,
-            retry_after: false,
+            retry_after: None,
+            stored: false,
+        }
+    }
+
+    fn retry_later(status: StatusCode, message: impl Into<String>, seconds: u64) -> WriteFailure {
+        WriteFailure {
+            retry_after: Some(seconds.max(1)),
+            ..WriteFailure::plain(status, message)
         }
     }
 }
@@ -125,72 +145,47 @@ pub(crate) async fn respond(
     } else {
         Payload::LineProtocol
     };
-    let access = &inner.config.access;
-    let sender = access.client_address(peer.ip(), &headers);
+    let access = inner.access();
+    let client = access.resolve(peer.ip(), &headers);
     // Refused before anything is read: counted in the metrics only.
-    if let Err(denied) = access.check_write(sender, &headers, &db) {
-        let (status, message) = match denied {
-            crate::auth::Denied::Unauthenticated(message) => (StatusCode::UNAUTHORIZED, message),
-            crate::auth::Denied::Forbidden(message) => (StatusCode::FORBIDDEN, message),
-        };
-        inner.metrics.count_request(endpoint, status.as_u16());
-        return error_response(dialect, status, &message);
+    let grant = match access.authorize(&client, &headers, Action::Write(&db)) {
+        Ok(grant) => grant,
+        Err(denied) => {
+            inner
+                .metrics
+                .count_request(endpoint, denied.status().as_u16());
+            return error_response(dialect, denied.status(), denied.message());
+        }
+    };
+    drop(access);
+    let sender = client.address;
+    let rate = grant.token.clone().zip(grant.events_per_second_max);
+    if let Some((token, events_per_second)) = &rate
+        && let Err(wait) = inner.rates.admit(token, *events_per_second)
+    {
+        let failure = rate_limited(token, *events_per_second, wait);
+        inner
+            .metrics
+            .count_request(endpoint, failure.status.as_u16());
+        return failure_response(dialect, failure);
     }
-    // Bodies held at once are bounded: a request reserves its declared size
-    // before its body is read (all of the body limit when it declares none),
-    // and what decompression adds after; past the bound the client is asked
-    // to come back. This is what keeps memory bounded under any load.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|length| length.to_str().ok()?.parse::<usize>().ok())
-        .unwrap_or(inner.config.body_bytes_max)
-        .min(inner.config.body_bytes_max);
-    let response = match reserve(inner, declared) {
+    let owner = match &grant.token {
+        Some(token) => format!("token:{token}"),
+        None => format!("address:{sender}"),
+    };
+    let admitted = Admitted {
+        dialect,
+        payload,
+        db,
+        precision,
+        accept_partial,
+        sender,
+        owner,
+        rate,
+    };
+    let response = match write_admitted(inner, admitted, &headers, body).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(failure) => failure_response(dialect, failure),
-        Ok(mut permit) => match read_body(inner, &headers, body).await {
-            Err(failure) => failure_response(dialect, failure),
-            Ok(body) => {
-                if body.len() > declared {
-                    match reserve(inner, body.len() - declared) {
-                        Ok(extra) => permit.merge(extra),
-                        Err(failure) => {
-                            inner
-                                .metrics
-                                .count_request(endpoint, failure.status.as_u16());
-                            return failure_response(dialect, failure);
-                        }
-                    }
-                }
-                let idempotency_key = match headers.get("idempotency-key").map(HeaderValue::to_str)
-                {
-                    None => None,
-                    Some(Ok(key)) if !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_BYTES_MAX => {
-                        Some(key.to_owned())
-                    }
-                    Some(_) => {
-                        let message = format!(
-                            "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes of visible ASCII"
-                        );
-                        return error_response(dialect, StatusCode::BAD_REQUEST, &message);
-                    }
-                };
-                let request = WriteRequest {
-                    payload,
-                    db,
-                    body,
-                    precision,
-                    accept_partial,
-                    sender,
-                    idempotency_key,
-                };
-                let result = handle(inner, request).await;
-                drop(permit);
-                match result {
-                    Ok(()) => StatusCode::NO_CONTENT.into_response(),
-                    Err(failure) => failure_response(dialect, failure),
-                }
-            }
-        },
     };
     inner
         .metrics
@@ -201,6 +196,147 @@ pub(crate) async fn respond(
     response
 }
 
+/// A write request that passed its access check.
+struct Admitted {
+    dialect: Dialect,
+    payload: Payload,
+    db: String,
+    precision: PrecisionChoice,
+    accept_partial: bool,
+    sender: IpAddr,
+    /// Whose idempotency keys these are: the token's, or the address's.
+    owner: String,
+    rate: Option<(String, u64)>,
+}
+
+async fn write_admitted(
+    inner: &Inner,
+    admitted: Admitted,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(), WriteFailure> {
+    // Bodies held at once are bounded: a request reserves its declared size
+    // before its body is read (all of the body limit when it declares none),
+    // and what decompression adds after; past the bound the client is asked
+    // to come back. This is what keeps memory bounded under any load.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(inner.config.body_bytes_max)
+        .min(inner.config.body_bytes_max);
+    let mut permit = reserve(inner, declared)?;
+    let (body, sent_digest) = read_body(inner, headers, body).await?;
+    if body.len() > declared {
+        permit.merge(reserve(inner, body.len() - declared)?);
+    }
+    let idempotency_key = match headers.get("idempotency-key").map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(key)) if !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_BYTES_MAX => {
+            Some(key.to_owned())
+        }
+        Some(_) => {
+            return Err(WriteFailure::plain(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes of visible ASCII"
+                ),
+            ));
+        }
+    };
+    // The key is claimed node-wide before anything is stored: a retry from
+    // another address lands in another partition, where the log's own memory
+    // of keys would not see it.
+    let mut ticket = None;
+    let mut replay = false;
+    let mut fingerprint = None;
+    if let Some(key) = &idempotency_key {
+        let print = request_fingerprint(&admitted, headers, sent_digest);
+        fingerprint = Some(print);
+        match inner
+            .keys
+            .claim(&format!("{}/{key}", admitted.db), print, &admitted.owner)
+        {
+            Claim::Fresh(claimed) => ticket = Some(claimed),
+            Claim::Replay => {
+                replay = true;
+                inner.metrics.count_replay();
+            }
+            Claim::InFlight => {
+                return Err(WriteFailure::retry_later(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "a request with Idempotency-Key {key:?} is still being handled; send it \
+                         again once that one has its answer"
+                    ),
+                    RETRY_AFTER_SECONDS,
+                ));
+            }
+            Claim::Reused => {
+                return Err(WriteFailure::plain(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "Idempotency-Key {key:?} was used for a different request (another body, \
+                         database, precision, encoding or accept_partial); a new request needs a \
+                         new key"
+                    ),
+                ));
+            }
+        }
+    }
+    let request = WriteRequest {
+        payload: admitted.payload,
+        db: admitted.db,
+        body,
+        precision: admitted.precision,
+        accept_partial: admitted.accept_partial,
+        sender: admitted.sender,
+        idempotency_key,
+        fingerprint,
+        rate: admitted.rate,
+        replay,
+    };
+    let result = handle(inner, request).await;
+    drop(permit);
+    let stored = match &result {
+        Ok(()) => true,
+        Err(failure) => failure.stored,
+    };
+    if let Some(ticket) = ticket
+        && stored
+    {
+        ticket.stored();
+    }
+    result
+}
+
+/// What an idempotency key is bound to: the request as sent, so that a retry
+/// matches whatever the node makes of it, and anything else does not.
+fn request_fingerprint(admitted: &Admitted, headers: &HeaderMap, sent_digest: u128) -> Fingerprint {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let precision = match admitted.precision {
+        PrecisionChoice::Auto => "auto",
+        PrecisionChoice::Fixed(precision) => precision.name(),
+    };
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for part in [
+        format!("{:?}", admitted.dialect).as_bytes(),
+        admitted.db.as_bytes(),
+        precision.as_bytes(),
+        &[u8::from(admitted.accept_partial)],
+        encoding,
+        &sent_digest.to_le_bytes(),
+    ] {
+        // Each part's length first, so that no two different requests run
+        // together into the same bytes.
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.digest128().to_le_bytes()
+}
+
 /// Reserves `bytes` of the in-flight bound, or answers 503 with Retry-After (also while
 /// writes are held back).
 pub(crate) fn reserve(
@@ -208,30 +344,29 @@ pub(crate) fn reserve(
     bytes: usize,
 ) -> Result<tokio::sync::SemaphorePermit<'_>, WriteFailure> {
     if let Some(reason) = inner.held_back.read().unwrap().as_deref() {
-        let mut failure = WriteFailure::plain(
+        return Err(WriteFailure::retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("writes are held back: {reason}; retry later"),
-        );
-        failure.retry_after = true;
-        return Err(failure);
+            RETRY_AFTER_SECONDS,
+        ));
     }
     let permits = bytes.div_ceil(PERMIT_BYTES).max(1) as u32;
     inner.in_flight.try_acquire_many(permits).map_err(|_| {
-        let mut failure = WriteFailure::plain(
+        WriteFailure::retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             "the gateway is at its in-flight limit; retry later",
-        );
-        failure.retry_after = true;
-        failure
+            RETRY_AFTER_SECONDS,
+        )
     })
 }
 
-/// The body within its limits, decompressed when the client says gzip.
+/// The body within its limits, decompressed when the client says gzip, and a
+/// digest of it as sent.
 async fn read_body(
     inner: &Inner,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Vec<u8>, WriteFailure> {
+) -> Result<(Vec<u8>, u128), WriteFailure> {
     let limit = inner.config.body_bytes_max;
     let too_large = || {
         WriteFailure::plain(
@@ -274,11 +409,12 @@ async fn read_body(
         }
     })?;
     inner.metrics.count_bytes(raw.len());
+    let sent_digest = xxhash_rust::xxh3::xxh3_128(&raw);
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|value| value.to_str().ok());
     match encoding.map(str::trim) {
-        None | Some("") | Some("identity") => Ok(raw.to_vec()),
+        None | Some("") | Some("identity") => Ok((raw.to_vec(), sent_digest)),
         Some("gzip") => {
             let limit = inner.config.decompressed_bytes_max;
             let mut out = Vec::new();
@@ -297,7 +433,7 @@ async fn read_body(
                     format!("decompressed body is larger than {limit} bytes"),
                 ));
             }
-            Ok(out)
+            Ok((out, sent_digest))
         }
         Some(other) => Err(WriteFailure::plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -395,6 +531,15 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
             json_originals = originals;
         }
     }
+    // Taken before anything is registered or stored, so that a refused
+    // request leaves nothing behind.
+    if let Some((token, events_per_second)) = &request.rate
+        && let Err(wait) = inner
+            .rates
+            .take(token, *events_per_second, lines.len() as u64)
+    {
+        return Err(rate_limited(token, *events_per_second, wait));
+    }
     // The original text of a line or event rejected after decoding.
     let originals = |numbers: Vec<usize>| -> Vec<String> {
         match request.payload {
@@ -453,6 +598,9 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
         builder = builder
             .batch_key(&format!("{}/{}", request.db, key))
             .expect("database and key lengths are bounded to fit a batch key");
+        if let Some(fingerprint) = request.fingerprint {
+            builder = builder.fingerprint(fingerprint);
+        }
     }
     if !all_or_nothing_failed {
         let mut line_buffer = Vec::with_capacity(256);
@@ -473,6 +621,19 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
             } else {
                 builder.push(None, value, &[]);
             }
+            // Every consumer decompresses a batch into memory and refuses one
+            // past this bound; a request that would make one is refused here,
+            // before it is stored and before its batch grows further.
+            if builder.encoded_bytes() > BATCH_RECORDS_BYTES_MAX {
+                return Err(WriteFailure::plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the request's events take more than {BATCH_RECORDS_BYTES_MAX} bytes in \
+                         the log's stored layout, the most one batch may take (a reader's \
+                         limit); send fewer lines or fields per request"
+                    ),
+                ));
+            }
         }
     }
     let accepted = builder.len();
@@ -488,6 +649,7 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
         sender_text: &sender,
         received_ns,
         batch_key: batch_key.as_deref(),
+        fingerprint: request.fingerprint,
     };
     if all_or_nothing_failed {
         dead_letters::append(inner, origin(), &rejected, rejected_total).await;
@@ -499,10 +661,12 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
             },
             rejected,
             rejected_total,
-            retry_after: false,
+            retry_after: None,
+            stored: false,
         });
     }
-    if accepted > 0 {
+    // A replay's batch (and dead letters) were stored by the first request.
+    if accepted > 0 && !request.replay {
         let batch = match builder.finish() {
             Ok(batch) => batch,
             Err(error) => {
@@ -525,7 +689,9 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
     if rejected_total > 0 {
         // Only once the data are stored: a request that failed to store is
         // retried, and its dead letters would be kept twice.
-        dead_letters::append(inner, origin(), &rejected, rejected_total).await;
+        if !request.replay {
+            dead_letters::append(inner, origin(), &rejected, rejected_total).await;
+        }
         return Err(WriteFailure {
             status: StatusCode::BAD_REQUEST,
             message: match request.payload {
@@ -534,7 +700,8 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
             },
             rejected,
             rejected_total,
-            retry_after: false,
+            retry_after: None,
+            stored: accepted > 0,
         });
     }
     Ok(())
@@ -599,6 +766,18 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+fn rate_limited(token: &str, events_per_second: u64, wait: std::time::Duration) -> WriteFailure {
+    WriteFailure::retry_later(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "token {token:?} is over its limit of {events_per_second} events per second; \
+             retry in {:.1} s",
+            wait.as_secs_f64()
+        ),
+        wait.as_secs_f64().ceil() as u64,
+    )
+}
+
 fn bus_failure(error: BusError) -> WriteFailure {
     let retryable = error.is_retryable() || matches!(error, BusError::Stopped(_));
     let status = match &error {
@@ -606,13 +785,14 @@ fn bus_failure(error: BusError) -> WriteFailure {
             StatusCode::SERVICE_UNAVAILABLE
         }
         BusError::Invalid(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        BusError::Conflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::error!("append failed: {error}");
     }
     let mut failure = WriteFailure::plain(status, format!("the write was not stored: {error}"));
-    failure.retry_after = retryable;
+    failure.retry_after = retryable.then_some(RETRY_AFTER_SECONDS);
     failure
 }
 
@@ -620,18 +800,26 @@ pub(crate) fn error_response(dialect: Dialect, status: StatusCode, message: &str
     failure_response(dialect, WriteFailure::plain(status, message))
 }
 
+/// The `code` of an InfluxDB 2 style error body.
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "invalid",
+        StatusCode::PAYLOAD_TOO_LARGE => "request too large",
+        StatusCode::REQUEST_TIMEOUT => "request timeout",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable entity",
+        StatusCode::TOO_MANY_REQUESTS => "too many requests",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "internal error",
+    }
+}
+
 fn failure_response(dialect: Dialect, failure: WriteFailure) -> Response {
     let body = match dialect {
         Dialect::V2 => {
-            let code = match failure.status {
-                StatusCode::BAD_REQUEST => "invalid",
-                StatusCode::PAYLOAD_TOO_LARGE => "request too large",
-                StatusCode::REQUEST_TIMEOUT => "request timeout",
-                StatusCode::UNAUTHORIZED => "unauthorized",
-                StatusCode::FORBIDDEN => "forbidden",
-                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-                _ => "internal error",
-            };
+            let code = status_code_name(failure.status);
             let mut message = failure.message.clone();
             if failure.rejected_total > 0 {
                 let details: Vec<String> = failure
@@ -659,11 +847,7 @@ fn failure_response(dialect: Dialect, failure: WriteFailure) -> Response {
                     })
                 })
                 .collect();
-            let code = if failure.status == StatusCode::BAD_REQUEST {
-                "invalid"
-            } else {
-                "unavailable"
-            };
+            let code = status_code_name(failure.status);
             json!({
                 "code": code,
                 "message": failure.message,
@@ -691,10 +875,10 @@ fn failure_response(dialect: Dialect, failure: WriteFailure) -> Response {
         }
     };
     let mut response = (failure.status, axum::Json(body)).into_response();
-    if failure.retry_after {
+    if let Some(seconds) = failure.retry_after {
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }

@@ -149,6 +149,7 @@ async fn requests_refused_before_parsing_leave_no_dead_letters() {
                 secret: "s3cret".into(),
                 scopes: vec![Scope::Write("park".into())],
                 allow: Vec::new(),
+                events_per_second_max: None,
             }],
             ..AccessConfig::default()
         },

@@ -462,6 +462,7 @@ fn access_config() -> nublar_ingest::AccessConfig {
         secret: secret.into(),
         scopes: scopes.iter().map(|scope| scope.parse().unwrap()).collect(),
         allow: allow.iter().map(|prefix| prefix.parse().unwrap()).collect(),
+        events_per_second_max: None,
     };
     nublar_ingest::AccessConfig {
         tokens: vec![
@@ -469,8 +470,8 @@ fn access_config() -> nublar_ingest::AccessConfig {
             token("reader", "s3cret-reader", &["read:park"], &[]),
             token("local-only", "s3cret-local", &["write:*"], &["10.0.0.0/8"]),
         ],
-        allow: vec![],
         trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..nublar_ingest::AccessConfig::default()
     }
 }
 

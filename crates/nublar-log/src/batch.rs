@@ -34,6 +34,14 @@ use crate::limits::{
 
 /// The record header that carries a batch's idempotency key, on its first record.
 pub const BATCH_KEY_HEADER: &str = "nublar-batch-key";
+/// The record header that carries what the batch key stands for (a digest of
+/// the request that made the batch), on the first record after the key: the
+/// log refuses the same key with another fingerprint instead of taking the
+/// second batch for a retry of the first.
+pub const BATCH_FINGERPRINT_HEADER: &str = "nublar-batch-fingerprint";
+
+/// A batch key's fingerprint: opaque to the log, compared byte for byte.
+pub type Fingerprint = [u8; 16];
 
 pub const BASE_OFFSET_AT: usize = 0;
 pub const BATCH_LENGTH_AT: usize = 8;
@@ -134,6 +142,11 @@ pub enum BatchError {
     DecompressionBomb,
     #[error("batch key is {0} bytes; the limit is {BATCH_KEY_BYTES_MAX}")]
     KeyTooLong(usize),
+    #[error(
+        "the records take {0} bytes before compression; a batch may take at most \
+         {DECOMPRESSED_BYTES_MAX}, what every reader accepts"
+    )]
+    RecordsTooLarge(usize),
 }
 
 /// Builds a batch as a producer does: records are encoded as they are pushed and
@@ -144,6 +157,7 @@ pub struct BatchBuilder {
     count: usize,
     largest_record_bytes: usize,
     batch_key: Option<String>,
+    fingerprint: Option<Fingerprint>,
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
@@ -157,6 +171,7 @@ impl BatchBuilder {
             count: 0,
             largest_record_bytes: 0,
             batch_key: None,
+            fingerprint: None,
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
@@ -184,6 +199,16 @@ impl BatchBuilder {
         Ok(self)
     }
 
+    /// What the batch key stands for; set with the key, before the first record.
+    pub fn fingerprint(mut self, fingerprint: Fingerprint) -> BatchBuilder {
+        assert!(
+            self.count == 0 && self.batch_key.is_some(),
+            "a fingerprint goes with a batch key, before the first record"
+        );
+        self.fingerprint = Some(fingerprint);
+        self
+    }
+
     /// Kafka-style idempotence: the log remembers (producer id, epoch, base
     /// sequence) as the batch key.
     pub fn producer(mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Self {
@@ -208,12 +233,14 @@ impl BatchBuilder {
 
     pub fn push(&mut self, key: Option<&[u8]>, value: &[u8], headers: &[(&str, &[u8])]) {
         let offset_delta = self.count as i64;
-        let batch_key_header = if self.count == 0 {
-            self.batch_key.as_deref()
+        let (batch_key_header, fingerprint_header) = if self.count == 0 {
+            (self.batch_key.as_deref(), self.fingerprint.as_ref())
         } else {
-            None
+            (None, None)
         };
-        let header_count = headers.len() + usize::from(batch_key_header.is_some());
+        let header_count = headers.len()
+            + usize::from(batch_key_header.is_some())
+            + usize::from(fingerprint_header.is_some());
         let mut body_bytes = 1 + varint_bytes(0) + varint_bytes(offset_delta);
         body_bytes += match key {
             Some(key) => varint_bytes(key.len() as i64) + key.len(),
@@ -229,6 +256,9 @@ impl BatchBuilder {
         };
         if let Some(batch_key) = batch_key_header {
             body_bytes += header_bytes(BATCH_KEY_HEADER, batch_key.as_bytes());
+        }
+        if let Some(fingerprint) = fingerprint_header {
+            body_bytes += header_bytes(BATCH_FINGERPRINT_HEADER, fingerprint);
         }
         for (name, value) in headers {
             body_bytes += header_bytes(name, value);
@@ -251,6 +281,10 @@ impl BatchBuilder {
             put_bytes(out, BATCH_KEY_HEADER.as_bytes());
             put_bytes(out, batch_key.as_bytes());
         }
+        if let Some(fingerprint) = fingerprint_header {
+            put_bytes(out, BATCH_FINGERPRINT_HEADER.as_bytes());
+            put_bytes(out, fingerprint);
+        }
         for (name, value) in headers {
             put_bytes(out, name.as_bytes());
             put_bytes(out, value);
@@ -268,6 +302,11 @@ impl BatchBuilder {
             return Err(BatchError::BadRecordCount(
                 i32::try_from(self.count).unwrap_or(i32::MAX),
             ));
+        }
+        // A reader decompresses at most this much, so a batch past it could be
+        // written but never read: every consumer would stall on it.
+        if self.records.len() > DECOMPRESSED_BYTES_MAX {
+            return Err(BatchError::RecordsTooLarge(self.records.len()));
         }
         let payload: Cow<[u8]> = match self.compression {
             Compression::None => Cow::Borrowed(&self.records),
@@ -311,7 +350,9 @@ impl BatchBuilder {
         let mut batch = Batch {
             bytes,
             batch_key: None,
+            fingerprint: self.fingerprint,
             largest_record_bytes: self.largest_record_bytes,
+            records_bytes: self.records.len(),
         };
         batch.batch_key = match self.batch_key {
             Some(key) => Some(key),
@@ -327,7 +368,10 @@ impl BatchBuilder {
 pub struct Batch {
     bytes: Vec<u8>,
     batch_key: Option<String>,
+    fingerprint: Option<Fingerprint>,
     largest_record_bytes: usize,
+    /// The records' size before compression: what a reader must decompress.
+    records_bytes: usize,
 }
 
 impl Batch {
@@ -346,7 +390,9 @@ impl Batch {
         }
         view.verify_crc()?;
         let records = view.records()?;
+        let records_bytes = records.data.len();
         let mut first_key = None;
+        let mut fingerprint = None;
         let mut count = 0usize;
         let mut largest_record_bytes = 0;
         for (index, record) in records.iter().enumerate() {
@@ -366,6 +412,14 @@ impl Batch {
                     }
                     first_key = Some(String::from_utf8_lossy(value).into_owned());
                 }
+                if index == 0 && name == BATCH_FINGERPRINT_HEADER.as_bytes() {
+                    fingerprint = Some(Fingerprint::try_from(value).map_err(|_| {
+                        BatchError::MalformedRecord {
+                            index,
+                            reason: "a batch fingerprint is 16 bytes",
+                        }
+                    })?);
+                }
             }
             count += 1;
         }
@@ -375,8 +429,10 @@ impl Batch {
         let batch_key = first_key.or_else(|| view.kafka_producer_key());
         Ok(Batch {
             bytes,
+            fingerprint: fingerprint.filter(|_| batch_key.is_some()),
             batch_key,
             largest_record_bytes,
+            records_bytes,
         })
     }
 
@@ -408,6 +464,16 @@ impl Batch {
     /// The key the log deduplicates this batch by, if any.
     pub fn batch_key(&self) -> Option<&str> {
         self.batch_key.as_deref()
+    }
+
+    /// What the batch key stands for, when the producer said.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.fingerprint
+    }
+
+    /// The records' size before compression.
+    pub fn records_bytes(&self) -> usize {
+        self.records_bytes
     }
 
     /// Stamps what only the log knows (the offset and the append time) and
@@ -603,6 +669,19 @@ impl<'a> BatchView<'a> {
             }
         }
         Ok(self.kafka_producer_key())
+    }
+
+    /// The fingerprint on the first record of `records` (this batch's), if any.
+    pub fn fingerprint_in(&self, records: &Records<'_>) -> Result<Option<Fingerprint>, BatchError> {
+        if let Some(first) = records.iter().next() {
+            for header in first?.headers() {
+                let (name, value) = header?;
+                if name == BATCH_FINGERPRINT_HEADER.as_bytes() {
+                    return Ok(Fingerprint::try_from(value).ok());
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn kafka_producer_key(&self) -> Option<String> {

@@ -222,6 +222,13 @@ pub enum AppendError {
     BatchTooLarge { bytes: usize, limit: usize },
     #[error("a record of {bytes} bytes is over the topic's limit of {limit} bytes")]
     RecordTooLarge { bytes: usize, limit: usize },
+    #[error(
+        "the batch's records take {bytes} bytes before compression, over the {limit} bytes \
+         a reader accepts"
+    )]
+    RecordsTooLarge { bytes: usize, limit: usize },
+    #[error("batch key {key:?} was appended before with another fingerprint")]
+    BatchKeyReused { key: String },
     #[error("the log's disk quota is reached ({used} of {quota} bytes used)")]
     QuotaExceeded { used: u64, quota: u64 },
     #[error("the disk is full: {0}")]

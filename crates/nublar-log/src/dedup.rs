@@ -7,17 +7,21 @@
 //! scan of the batches appended after the snapshot.
 //!
 //! Snapshot format (`keys-<offset>.snapshot`, big-endian):
-//! `"NBKS"`, version u16 (1), covered-up-to offset i64, entry count u32, then per
+//! `"NBKS"`, version u16 (2), covered-up-to offset i64, entry count u32, then per
 //! entry: key length u16, key bytes, base offset i64, last offset i64, append
-//! time ms i64; finally CRC32C u32 of everything before it.
+//! time ms i64, fingerprint flag u8 (0 or 1) and, when 1, the 16 fingerprint
+//! bytes; finally CRC32C u32 of everything before it. Version 1, written before
+//! keys had fingerprints, has neither flag nor fingerprint and is still read.
 
 use std::collections::{HashMap, VecDeque};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct KeyEntry {
+pub struct KeyEntry {
     pub base_offset: i64,
     pub last_offset: i64,
     pub append_ms: i64,
+    /// What the key stood for when it was appended, if the producer said.
+    pub fingerprint: Option<crate::batch::Fingerprint>,
 }
 
 pub(crate) struct KeyWindow {
@@ -29,7 +33,8 @@ pub(crate) struct KeyWindow {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"NBKS";
-const SNAPSHOT_VERSION: u16 = 1;
+const SNAPSHOT_VERSION: u16 = 2;
+const SNAPSHOT_VERSION_WITHOUT_FINGERPRINTS: u16 = 1;
 
 impl KeyWindow {
     pub fn new(keys_max: usize, window_ms: i64) -> KeyWindow {
@@ -59,6 +64,17 @@ impl KeyWindow {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The keys remembered now, oldest first.
+    pub fn remembered(&self, now_ms: i64) -> Vec<(String, KeyEntry)> {
+        self.order
+            .iter()
+            .filter_map(|(key, base)| {
+                let entry = self.get(key, now_ms)?;
+                (entry.base_offset == *base).then(|| (key.clone(), entry))
+            })
+            .collect()
     }
 
     fn evict(&mut self, now_ms: i64) {
@@ -106,6 +122,13 @@ impl KeyWindow {
             out.extend_from_slice(&entry.base_offset.to_be_bytes());
             out.extend_from_slice(&entry.last_offset.to_be_bytes());
             out.extend_from_slice(&entry.append_ms.to_be_bytes());
+            match entry.fingerprint {
+                None => out.push(0),
+                Some(fingerprint) => {
+                    out.push(1);
+                    out.extend_from_slice(&fingerprint);
+                }
+            }
         }
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
@@ -125,7 +148,8 @@ impl KeyWindow {
             rest = tail;
             Some(head)
         };
-        if u16::from_be_bytes(take(2)?.try_into().ok()?) != SNAPSHOT_VERSION {
+        let version = u16::from_be_bytes(take(2)?.try_into().ok()?);
+        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_WITHOUT_FINGERPRINTS {
             return None;
         }
         let covered = i64::from_be_bytes(take(8)?.try_into().ok()?);
@@ -137,12 +161,22 @@ impl KeyWindow {
             let base_offset = i64::from_be_bytes(take(8)?.try_into().ok()?);
             let last_offset = i64::from_be_bytes(take(8)?.try_into().ok()?);
             let append_ms = i64::from_be_bytes(take(8)?.try_into().ok()?);
+            let fingerprint = if version == SNAPSHOT_VERSION_WITHOUT_FINGERPRINTS {
+                None
+            } else {
+                match take(1)?[0] {
+                    0 => None,
+                    1 => Some(take(16)?.try_into().ok()?),
+                    _ => return None,
+                }
+            };
             loaded.push((
                 key,
                 KeyEntry {
                     base_offset,
                     last_offset,
                     append_ms,
+                    fingerprint,
                 },
             ));
         }
@@ -162,6 +196,7 @@ mod tests {
             base_offset,
             last_offset: base_offset + 9,
             append_ms,
+            fingerprint: (base_offset % 20 == 0).then_some([base_offset as u8; 16]),
         }
     }
 
@@ -186,7 +221,10 @@ mod tests {
         let bytes = window.encode_snapshot(20);
         let mut restored = KeyWindow::new(10, 10_000);
         assert_eq!(restored.decode_snapshot(&bytes, 7), Some(20));
+        assert_eq!(restored.get("x", 7), Some(entry(0, 5)));
+        assert!(entry(0, 5).fingerprint.is_some());
         assert_eq!(restored.get("y", 7), Some(entry(10, 6)));
+        assert!(entry(10, 6).fingerprint.is_none());
         for cut in 0..bytes.len() {
             assert_eq!(
                 KeyWindow::new(10, 10_000).decode_snapshot(&bytes[..cut], 7),
@@ -199,5 +237,23 @@ mod tests {
             KeyWindow::new(10, 10_000).decode_snapshot(&flipped, 7),
             None
         );
+    }
+
+    #[test]
+    fn snapshots_written_before_fingerprints_are_still_read() {
+        let mut bytes = b"NBKS".to_vec();
+        bytes.extend_from_slice(&1u16.to_be_bytes());
+        bytes.extend_from_slice(&30i64.to_be_bytes());
+        bytes.extend_from_slice(&1u32.to_be_bytes());
+        bytes.extend_from_slice(&1u16.to_be_bytes());
+        bytes.push(b'k');
+        for value in [10i64, 19, 6] {
+            bytes.extend_from_slice(&value.to_be_bytes());
+        }
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_be_bytes());
+        let mut window = KeyWindow::new(10, 10_000);
+        assert_eq!(window.decode_snapshot(&bytes, 7), Some(30));
+        assert_eq!(window.get("k", 7), Some(entry(10, 6)));
     }
 }

@@ -22,11 +22,12 @@ mod partition;
 mod segment;
 pub mod storage;
 
-pub use batch::{Batch, BatchBuilder, BatchError, BatchView, Compression, Record};
+pub use batch::{Batch, BatchBuilder, BatchError, BatchView, Compression, Fingerprint, Record};
 pub use config::{
     AppendError, Clock, Durability, Guarantee, LogError, ManualClock, ReadError, SystemClock,
     TopicConfig,
 };
+pub use dedup::KeyEntry;
 pub use event_listener::EventListener;
 pub use groups::GroupState;
 pub use log::{Log, OpenOptions, PartitionInfo, validate_name};

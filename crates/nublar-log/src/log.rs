@@ -13,6 +13,7 @@ use crate::batch::Batch;
 use crate::config::{
     AppendError, Clock, Durability, LogError, ReadError, SystemClock, TopicConfig,
 };
+use crate::dedup::KeyEntry;
 use crate::groups::{GroupState, Groups};
 use crate::limits::{GROUP_NAME_BYTES_MAX, RETENTION_CHECK_MS, TOPIC_NAME_BYTES_MAX};
 use crate::partition::{AppendOutcome, Partition, PartitionContext, ReadBatches, RetentionOutcome};
@@ -385,6 +386,17 @@ impl Log {
             syncs_total: counters.syncs_total.load(Ordering::Relaxed),
             truncated_bytes_total: counters.truncated_bytes_total.load(Ordering::Relaxed),
         })
+    }
+
+    /// The batch keys a partition remembers now (key, offsets, append time and
+    /// fingerprint), oldest first: what a producer that keeps its own index of
+    /// keys rebuilds it from after a restart.
+    pub fn batch_keys(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<(String, KeyEntry)>, ReadError> {
+        Ok(self.read_partition(topic, partition)?.batch_keys())
     }
 
     /// Partitions that take no writes, with the reason: readiness shows these.

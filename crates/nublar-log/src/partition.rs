@@ -16,7 +16,9 @@ use event_listener::{Event, EventListener, Listener};
 use crate::batch::{Batch, BatchView};
 use crate::config::{AppendError, Clock, Durability, Guarantee, ReadError, TopicConfig};
 use crate::dedup::{KeyEntry, KeyWindow};
-use crate::limits::{GROUP_COMMIT_WAIT_US_MAX, READ_BYTES_MAX, SEGMENT_OFFSETS_MAX};
+use crate::limits::{
+    DECOMPRESSED_BYTES_MAX, GROUP_COMMIT_WAIT_US_MAX, READ_BYTES_MAX, SEGMENT_OFFSETS_MAX,
+};
 use crate::segment::{
     self, ChunkReader, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX, segment_path,
 };
@@ -36,6 +38,9 @@ const ZERO_FILL_STEP_BYTES: u64 = 1024 * 1024;
 const ZERO_FILL_AHEAD_BYTES: u64 = 4 * ZERO_FILL_STEP_BYTES;
 const ZERO_FILL_LOW_WATER_BYTES: u64 = 2 * ZERO_FILL_STEP_BYTES;
 const CLEAN_MARKER: &str = "clean-shutdown";
+/// Written when a sync fails: how far the active segment was known durable.
+/// Recovery keeps nothing past it (see [`DurableMark`]).
+const DURABLE_MARK: &str = "durable-mark";
 const KEYS_PREFIX: &str = "keys-";
 const KEYS_SUFFIX: &str = ".snapshot";
 
@@ -103,6 +108,55 @@ pub struct PartitionCounters {
     pub truncated_bytes_total: AtomicU64,
 }
 
+/// How far the partition's data is known to be on disk: every byte of the
+/// segment at `segment_base` before `position`, and every earlier segment.
+///
+/// Linux reports a failed write-back once and may then mark the failed pages
+/// clean: they stay readable from the page cache, and a later `fdatasync`
+/// succeeds without writing them. So after a failed sync, neither a read nor
+/// a sync at the next start can tell what reached the disk. The mark, kept
+/// in memory as syncs succeed and written to `durable-mark` when one fails,
+/// can: recovery truncates the active segment to it before anything is
+/// served. File layout, big-endian: `"NBDM"`, version u16 (1), segment base
+/// i64, position u64, CRC32C u32 of what precedes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DurableMark {
+    segment_base: i64,
+    position: u64,
+}
+
+const DURABLE_MARK_MAGIC: &[u8; 4] = b"NBDM";
+const DURABLE_MARK_VERSION: u16 = 1;
+
+impl DurableMark {
+    fn encode(self) -> Vec<u8> {
+        let mut out = DURABLE_MARK_MAGIC.to_vec();
+        out.extend_from_slice(&DURABLE_MARK_VERSION.to_be_bytes());
+        out.extend_from_slice(&self.segment_base.to_be_bytes());
+        out.extend_from_slice(&self.position.to_be_bytes());
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<DurableMark> {
+        if bytes.len() != 26 || !bytes.starts_with(DURABLE_MARK_MAGIC) {
+            return None;
+        }
+        let (body, crc) = bytes.split_at(22);
+        if crc32c::crc32c(body).to_be_bytes() != crc {
+            return None;
+        }
+        if u16::from_be_bytes(body[4..6].try_into().ok()?) != DURABLE_MARK_VERSION {
+            return None;
+        }
+        Some(DurableMark {
+            segment_base: i64::from_be_bytes(body[6..14].try_into().ok()?),
+            position: u64::from_be_bytes(body[14..22].try_into().ok()?),
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Visible {
     end_offset: i64,
@@ -151,6 +205,7 @@ pub(crate) struct Partition {
     /// Held around every `fdatasync` of the partition's segments; see
     /// [`Partition::sync_segment`].
     sync_io: Mutex<()>,
+    durable: Mutex<DurableMark>,
     visible: Mutex<Visible>,
     new_data: Event,
     stopped: OnceLock<String>,
@@ -230,9 +285,55 @@ impl Partition {
         let active_base = *bases.last().expect("at least one segment");
         let active = Segment::open_sealed(storage.as_ref(), &dir, active_base, active_base, mode)
             .map_err(io)?;
-        let file_len = active.len();
+        let mut file_len = active.len();
 
-        let restored_clean = clean && active.restore_active_clean(storage.as_ref()).is_ok();
+        // After a failed sync, only what was durable then is kept: the rest
+        // may be bytes that only the page cache ever held.
+        let mark = names
+            .iter()
+            .any(|name| name == DURABLE_MARK)
+            .then(|| storage.read_whole(&dir.join(DURABLE_MARK)).ok())
+            .flatten()
+            .and_then(|bytes| {
+                let mark = DurableMark::decode(&bytes);
+                if mark.is_none() {
+                    tracing::warn!(topic = %topic, partition = id,
+                        "ignoring a damaged durable mark; recovery scans as after a crash");
+                }
+                mark
+            });
+        if let Some(mark) = mark {
+            let keep = if mark.segment_base == active_base {
+                Some(mark.position)
+            } else if mark.segment_base < active_base {
+                // A segment started after the mark never had a sync succeed.
+                Some(0)
+            } else {
+                tracing::warn!(topic = %topic, partition = id,
+                    "ignoring a durable mark for segment {} past the active one", mark.segment_base);
+                None
+            };
+            if let Some(keep) = keep
+                && file_len > keep
+            {
+                if !context.read_only {
+                    let dropped = file_len - keep;
+                    tracing::warn!(
+                        topic = %topic,
+                        partition = id,
+                        bytes = dropped,
+                        "a sync failed before the last stop: truncating the active segment to \
+                         what was durable then"
+                    );
+                    active.file.set_len(keep).map_err(io)?;
+                    truncated_bytes += dropped;
+                }
+                file_len = keep;
+            }
+        }
+
+        let restored_clean =
+            clean && mark.is_none() && active.restore_active_clean(storage.as_ref()).is_ok();
         let mut scanned_keys = None;
         let mut recovery_sync_failed = false;
         if !restored_clean {
@@ -269,7 +370,7 @@ impl Partition {
                         tracing::debug!(topic = %topic, partition = id, bytes = dropped,
                             "trimming the zero-filled end of the active segment");
                     } else {
-                        truncated_bytes = dropped;
+                        truncated_bytes += dropped;
                         tracing::warn!(
                             topic = %topic,
                             partition = id,
@@ -352,6 +453,12 @@ impl Partition {
             storage.remove_file(&dir.join(CLEAN_MARKER)).map_err(io)?;
             storage.sync_dir(&dir).map_err(io)?;
         }
+        // Kept until a recovery sync has succeeded, so that a second failed
+        // start still truncates to it.
+        if mark.is_some() && !context.read_only && !recovery_sync_failed {
+            storage.remove_file(&dir.join(DURABLE_MARK)).map_err(io)?;
+            storage.sync_dir(&dir).map_err(io)?;
+        }
         if !context.read_only {
             remove_orphans(storage.as_ref(), &dir, &names, &bases);
         }
@@ -409,6 +516,14 @@ impl Partition {
             sync_done: Condvar::new(),
             group_ready: Condvar::new(),
             sync_io: Mutex::new(()),
+            durable: Mutex::new(DurableMark {
+                segment_base: active_base,
+                position: if recovery_sync_failed {
+                    mark.map_or(0, |mark| mark.position)
+                } else {
+                    visible.position
+                },
+            }),
             visible: Mutex::new(visible),
             new_data: Event::new(),
             stopped: OnceLock::new(),
@@ -478,6 +593,12 @@ impl Partition {
         self.writer.lock().unwrap().keys.len()
     }
 
+    /// The batch keys remembered now, oldest first.
+    pub fn batch_keys(&self) -> Vec<(String, KeyEntry)> {
+        let now = self.clock.now_ms();
+        self.writer.lock().unwrap().keys.remembered(now)
+    }
+
     pub fn append(&self, mut batch: Batch) -> Result<AppendOutcome, AppendError> {
         if self.read_only {
             return Err(AppendError::ReadOnly);
@@ -495,6 +616,14 @@ impl Partition {
                 limit: self.config.record_bytes_max,
             });
         }
+        // What the readers refuse is refused here too, so that nothing stored
+        // can stall a consumer.
+        if batch.records_bytes() > DECOMPRESSED_BYTES_MAX {
+            return Err(AppendError::RecordsTooLarge {
+                bytes: batch.records_bytes(),
+                limit: DECOMPRESSED_BYTES_MAX,
+            });
+        }
         let count = i64::from(batch.record_count());
         let fsync = self.config.durability == Durability::Fsync;
         let guarantee = if fsync {
@@ -510,6 +639,15 @@ impl Partition {
             }
             let now = self.clock.now_ms();
             if let Some(entry) = batch.batch_key().and_then(|key| writer.keys.get(key, now)) {
+                // The same key for another request is a client's mistake, not a
+                // retry: answered as such rather than with the first offsets.
+                if let (Some(first), Some(now)) = (entry.fingerprint, batch.fingerprint())
+                    && first != now
+                {
+                    return Err(AppendError::BatchKeyReused {
+                        key: batch.batch_key().unwrap_or_default().to_owned(),
+                    });
+                }
                 self.counters
                     .deduplicated_total
                     .fetch_add(1, Ordering::Relaxed);
@@ -569,6 +707,7 @@ impl Partition {
                         base_offset,
                         last_offset,
                         append_ms,
+                        fingerprint: batch.fingerprint(),
                     };
                     writer.keys.insert(key.to_owned(), entry, now);
                 }
@@ -675,6 +814,7 @@ impl Partition {
             // On failure the partition stopped inside `sync_segment`; the
             // loop then answers every waiter not covered by an earlier sync.
             if synced.is_ok() {
+                self.note_durable(visible.segment_base, visible.position);
                 state.durable_total = state.durable_total.max(covered);
                 let before = state.waiting.len();
                 let durable = state.durable_total;
@@ -702,8 +842,52 @@ impl Partition {
             Ok(()) => Ok(()),
             Err(error) => {
                 self.stop(format!("fdatasync failed {during}: {error}"));
+                self.write_durable_mark();
                 Err(self.stopped_error())
             }
+        }
+    }
+
+    /// Moves the durable mark forward: `position` bytes of the segment at
+    /// `segment_base` are on disk.
+    fn note_durable(&self, segment_base: i64, position: u64) {
+        let mut durable = self.durable.lock().unwrap();
+        let next = DurableMark {
+            segment_base,
+            position,
+        };
+        if (next.segment_base, next.position) > (durable.segment_base, durable.position) {
+            *durable = next;
+        }
+    }
+
+    /// Records the durable mark on disk, for the recovery after a failed sync.
+    fn write_durable_mark(&self) {
+        let mark = *self.durable.lock().unwrap();
+        let path = self.dir.join(DURABLE_MARK);
+        let temporary = path.with_extension("tmp");
+        let written = (|| {
+            let file = self.storage.open(&temporary, OpenMode::Create)?;
+            file.set_len(0)?;
+            file.write_all_at(&mark.encode(), 0)?;
+            file.sync_data()?;
+            self.storage.rename(&temporary, &path)?;
+            self.storage.sync_dir(&self.dir)
+        })();
+        match written {
+            Ok(()) => tracing::warn!(
+                topic = %self.topic,
+                partition = self.id,
+                segment = mark.segment_base,
+                position = mark.position,
+                "recorded how far the partition was durable; the next start keeps nothing past it"
+            ),
+            Err(error) => tracing::error!(
+                topic = %self.topic,
+                partition = self.id,
+                "could not record how far the partition was durable ({error}); the next start \
+                 cannot tell what a failed sync lost"
+            ),
         }
     }
 
@@ -829,6 +1013,7 @@ impl Partition {
         if old.trim().is_ok() {
             self.sync_segment(&old, "after trimming a sealed segment")?;
         }
+        self.note_durable(old.base_offset, old.len());
         let next_base = old.next_offset();
         self.write_key_snapshot(&writer.keys, next_base);
 
@@ -840,6 +1025,7 @@ impl Partition {
             return Err(self.stopped_error());
         }
         old.seal();
+        self.note_durable(next_base, 0);
         let new = Arc::new(new);
         self.segments
             .write()
@@ -1221,18 +1407,10 @@ fn load_key_snapshot(
     None
 }
 
-fn insert_keys(keys: &mut KeyWindow, found: Vec<(String, i64, i64, i64)>, from: i64, now: i64) {
-    for (key, base_offset, last_offset, append_ms) in found {
-        if base_offset >= from {
-            keys.insert(
-                key,
-                KeyEntry {
-                    base_offset,
-                    last_offset,
-                    append_ms,
-                },
-                now,
-            );
+fn insert_keys(keys: &mut KeyWindow, found: Vec<(String, KeyEntry)>, from: i64, now: i64) {
+    for (key, entry) in found {
+        if entry.base_offset >= from {
+            keys.insert(key, entry, now);
         }
     }
 }

@@ -125,7 +125,7 @@ pub(crate) struct ScanOutcome {
     /// Where the scan stopped before the end of the file, and why.
     pub stopped: Option<ScanStop>,
     /// Batch keys seen, with the batch's offsets and append time, in order.
-    pub keys: Vec<(String, i64, i64, i64)>,
+    pub keys: Vec<(String, crate::dedup::KeyEntry)>,
 }
 
 #[derive(Debug)]
@@ -550,13 +550,17 @@ pub(crate) fn scan_from(
             bytes_since_entry = 0;
         }
         bytes_since_entry += size;
-        if collect_keys && let Ok(Some(key)) = view.batch_key() {
-            outcome.keys.push((
-                key,
-                view.base_offset(),
-                view.last_offset(),
-                view.max_timestamp(),
-            ));
+        if collect_keys
+            && let Ok(records) = view.records()
+            && let Ok(Some(key)) = view.batch_key_in(&records)
+        {
+            let entry = crate::dedup::KeyEntry {
+                base_offset: view.base_offset(),
+                last_offset: view.last_offset(),
+                append_ms: view.max_timestamp(),
+                fingerprint: view.fingerprint_in(&records).ok().flatten(),
+            };
+            outcome.keys.push((key, entry));
         }
         outcome.max_timestamp = outcome.max_timestamp.max(view.max_timestamp());
         outcome.next_offset = view.next_offset();

@@ -243,6 +243,11 @@ pub mod sim {
         pub space_limited: AtomicBool,
         /// The next `sync_data` fails with EIO.
         pub fail_next_sync: AtomicBool,
+        /// The next `sync_data` fails with EIO the way ext4 and XFS may fail
+        /// it: the pages that did not reach the disk stay in the page cache,
+        /// marked clean, so reads still return them and later syncs report
+        /// success without ever writing them.
+        pub fail_next_sync_keeping_pages: AtomicBool,
         /// Writes stop short at a pseudo-random length (they still make progress).
         pub short_writes: AtomicBool,
     }
@@ -281,6 +286,24 @@ pub mod sim {
     struct Inode {
         data: Vec<u8>,
         durable: Vec<u8>,
+        /// Bytes whose write-back failed and that the cache now calls clean:
+        /// the disk keeps `lost_image`'s bytes there (zeros past its end)
+        /// until they are written again.
+        lost: Vec<bool>,
+        lost_image: Vec<u8>,
+    }
+
+    impl Inode {
+        /// What the disk holds after a sync that succeeds.
+        fn synced_image(&self) -> Vec<u8> {
+            let mut image = self.data.clone();
+            for (at, _) in self.lost.iter().enumerate().filter(|(_, lost)| **lost) {
+                if let Some(byte) = image.get_mut(at) {
+                    *byte = self.lost_image.get(at).copied().unwrap_or(0);
+                }
+            }
+            image
+        }
     }
 
     #[derive(Default)]
@@ -370,6 +393,9 @@ pub mod sim {
                 }
                 inode.data = survivor.clone();
                 inode.durable = survivor;
+                // The page cache is gone with the power.
+                inode.lost.clear();
+                inode.lost_image.clear();
             }
         }
 
@@ -550,6 +576,11 @@ pub mod sim {
                 inode.data.resize(offset + wanted, 0);
             }
             inode.data[offset..offset + wanted].copy_from_slice(&buf[..wanted]);
+            // Written again: dirty, and a sync writes them after all.
+            let lost_end = inode.lost.len().min(offset + wanted);
+            if offset < lost_end {
+                inode.lost[offset..lost_end].fill(false);
+            }
             Ok(wanted)
         }
 
@@ -561,8 +592,27 @@ pub mod sim {
                 inode.data = inode.durable.clone();
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
+            if self
+                .faults
+                .fail_next_sync_keeping_pages
+                .swap(false, Ordering::SeqCst)
+            {
+                let mut inode = self.inode.lock().unwrap();
+                let image = inode.synced_image();
+                let durable = inode.durable.clone();
+                let mut lost = std::mem::take(&mut inode.lost);
+                lost.resize(image.len(), false);
+                for (at, byte) in image.iter().enumerate() {
+                    if durable.get(at) != Some(byte) {
+                        lost[at] = true;
+                    }
+                }
+                inode.lost = lost;
+                inode.lost_image = durable;
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
             let mut inode = self.inode.lock().unwrap();
-            inode.durable = inode.data.clone();
+            inode.durable = inode.synced_image();
             Ok(())
         }
 
@@ -573,6 +623,8 @@ pub mod sim {
                 return Err(disk_full());
             }
             inode.data.resize(len as usize, 0);
+            let kept = inode.lost.len().min(len as usize);
+            inode.lost.truncate(kept);
             Ok(())
         }
     }

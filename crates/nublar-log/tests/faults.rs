@@ -157,6 +157,76 @@ fn a_failed_fsync_stops_the_partition_and_says_why() {
     );
 }
 
+/// A log whose fsync topic holds one durable record and then stopped at a failed sync of
+/// a second, the way ext4 fails one: the failed pages stay readable, and the next sync
+/// says all is well. The process has ended; the page cache still holds the second record.
+fn stopped_at_a_failed_sync() -> (SimStorage, Arc<ManualClock>) {
+    let storage = SimStorage::new();
+    let clock = Arc::new(ManualClock::new(0));
+    let log = sim_log(&storage, &clock);
+    topics(&log);
+    log.append("sync", 0, keyed_batch(None, &["durable"]))
+        .unwrap();
+    storage
+        .faults
+        .fail_next_sync_keeping_pages
+        .store(true, Ordering::SeqCst);
+    assert!(matches!(
+        log.append("sync", 0, keyed_batch(None, &["never on disk"])),
+        Err(AppendError::PartitionStopped { .. })
+    ));
+    (storage, clock)
+}
+
+#[test]
+fn after_a_failed_fsync_the_next_start_keeps_only_what_was_durable() {
+    let (storage, clock) = stopped_at_a_failed_sync();
+    // A restart, not a power cut.
+    let log = sim_log(&storage, &clock);
+    assert_eq!(
+        read_all(&log, "sync", 0, 0),
+        vec![(0, "durable".to_string())],
+        "what only the page cache held is not served"
+    );
+    assert!(log.stopped_partitions().is_empty());
+    assert!(log.partition_info("sync", 0).unwrap().truncated_bytes_total > 0);
+    let after = log
+        .append("sync", 0, keyed_batch(None, &["acknowledged after"]))
+        .unwrap();
+    assert_eq!(after.base_offset, 1);
+    drop(log);
+    // Whatever a power cut leaves, every offset served and acknowledged stays.
+    for seed in 0..20 {
+        let copy = storage.clone();
+        copy.crash(seed);
+        let log = sim_log(&copy, &clock);
+        assert_eq!(
+            read_all(&log, "sync", 0, 0),
+            vec![
+                (0, "durable".to_string()),
+                (1, "acknowledged after".to_string())
+            ],
+            "seed {seed}"
+        );
+        drop(log);
+    }
+}
+
+#[test]
+fn a_second_failed_start_still_keeps_only_what_was_durable() {
+    let (storage, clock) = stopped_at_a_failed_sync();
+    // The recovery's own sync fails: the mark must survive for the start after.
+    storage.faults.fail_next_sync.store(true, Ordering::SeqCst);
+    let log = sim_log(&storage, &clock);
+    assert_eq!(log.stopped_partitions().len(), 1);
+    drop(log);
+    let log = sim_log(&storage, &clock);
+    assert_eq!(
+        read_all(&log, "sync", 0, 0),
+        vec![(0, "durable".to_string())]
+    );
+}
+
 #[test]
 fn short_writes_still_append_whole_batches() {
     let storage = SimStorage::new();

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{batch, keyed_batch, open, read_all, small_segments};
 use nublar_log::{
-    AppendError, Durability, Guarantee, Log, LogError, ManualClock, OpenOptions, ReadError,
-    TopicConfig,
+    AppendError, BatchBuilder, Compression, Durability, Guarantee, Log, LogError, ManualClock,
+    OpenOptions, ReadError, TopicConfig,
 };
 
 #[test]
@@ -254,6 +254,80 @@ fn a_retried_batch_key_gets_its_first_offsets_also_after_a_restart() {
         .append("t", 0, keyed_batch(Some("req-2"), &["z"]))
         .unwrap();
     assert!(!fresh.deduplicated);
+}
+
+fn printed_batch(key: &str, fingerprint: u8, values: &[&str]) -> nublar_log::Batch {
+    let mut builder = BatchBuilder::new(Compression::Lz4)
+        .batch_key(key)
+        .unwrap()
+        .fingerprint([fingerprint; 16]);
+    for value in values {
+        builder.push(None, value.as_bytes(), &[]);
+    }
+    builder.finish().unwrap()
+}
+
+#[test]
+fn a_batch_key_with_another_fingerprint_is_refused_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.create_topic("t", small_segments()).unwrap();
+    log.append("t", 0, printed_batch("park/k", 1, &["a"]))
+        .unwrap();
+    let retry = log
+        .append("t", 0, printed_batch("park/k", 1, &["a, sent again"]))
+        .unwrap();
+    assert!(retry.deduplicated, "the same fingerprint is a retry");
+    let reused = log.append("t", 0, printed_batch("park/k", 2, &["b"]));
+    assert!(
+        matches!(&reused, Err(AppendError::BatchKeyReused { key }) if key == "park/k"),
+        "{reused:?}"
+    );
+    // A batch without a fingerprint cannot be told apart: taken for a retry.
+    assert!(
+        log.append("t", 0, keyed_batch(Some("park/k"), &["c"]))
+            .unwrap()
+            .deduplicated
+    );
+    let remembered = log.batch_keys("t", 0).unwrap();
+    assert_eq!(remembered.len(), 1);
+    assert_eq!(remembered[0].0, "park/k");
+    assert_eq!(remembered[0].1.fingerprint, Some([1; 16]));
+    drop(log);
+    // After a crash, from the scan; after a clean close, from the snapshot.
+    for close in [false, true] {
+        let log = open(dir.path());
+        assert!(matches!(
+            log.append("t", 0, printed_batch("park/k", 3, &["d"])),
+            Err(AppendError::BatchKeyReused { .. })
+        ));
+        assert_eq!(
+            log.batch_keys("t", 0).unwrap()[0].1.fingerprint,
+            Some([1; 16])
+        );
+        assert_eq!(log.end_offset("t", 0).unwrap(), 1);
+        if close {
+            log.close().unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_batch_no_reader_could_decompress_is_never_built() {
+    let mut builder = BatchBuilder::new(Compression::Lz4);
+    let record = vec![b'x'; 1024 * 1024 - 64];
+    for _ in 0..65 {
+        builder.push(None, &record, &[]);
+    }
+    assert!(builder.encoded_bytes() > nublar_log::limits::DECOMPRESSED_BYTES_MAX);
+    assert!(
+        matches!(
+            builder.finish(),
+            Err(nublar_log::BatchError::RecordsTooLarge(bytes))
+                if bytes > nublar_log::limits::DECOMPRESSED_BYTES_MAX
+        ),
+        "compressed it would fit the batch limit, but no reader would decompress it"
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub struct NodeConfig {
     pub udp: UdpSection,
     pub log: LogSection,
     pub access: AccessSection,
+    pub idempotency: IdempotencySection,
     pub bfd: BfdSection,
     pub dead_letters: DeadLettersSection,
     pub schema: SchemaSection,
@@ -324,12 +325,53 @@ pub struct BfdPlan {
     pub accept: Option<AcceptPolicy>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+/// How long, and how many, idempotency keys answer their retries.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencySection {
+    pub window_seconds: u64,
+    pub keys_per_owner_max: usize,
+    pub keys_max: usize,
+}
+
+impl Default for IdempotencySection {
+    fn default() -> IdempotencySection {
+        let keys = nublar_ingest::IdempotencyConfig::default();
+        IdempotencySection {
+            window_seconds: (keys.window_ms / 1000) as u64,
+            keys_per_owner_max: keys.keys_per_owner_max,
+            keys_max: keys.keys_max,
+        }
+    }
+}
+
+/// Who may do what; reloaded without a restart (SIGHUP, or the file changing).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccessSection {
     pub allow: Vec<String>,
     pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies write: `X-Forwarded-For` or `Forwarded`.
+    pub forwarded_header: String,
+    /// With no token, reads and operator commands only from this host.
+    pub protected_mode: bool,
+    /// `/metrics` and `/ready` need the `metrics` scope.
+    pub protect_metrics: bool,
     pub tokens: Vec<TokenSection>,
+}
+
+impl Default for AccessSection {
+    fn default() -> AccessSection {
+        let access = AccessConfig::default();
+        AccessSection {
+            allow: Vec::new(),
+            trusted_proxies: Vec::new(),
+            forwarded_header: "X-Forwarded-For".into(),
+            protected_mode: access.protected_mode,
+            protect_metrics: access.protect_metrics,
+            tokens: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -340,6 +382,9 @@ pub struct TokenSection {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Events per second on average; left out: no limit.
+    #[serde(default)]
+    pub events_per_second_max: Option<u64>,
 }
 
 impl Default for HttpSection {
@@ -601,6 +646,36 @@ impl NodeConfig {
     }
 
     pub fn ingest(&self) -> anyhow::Result<IngestConfig> {
+        let config = IngestConfig {
+            partitions: self.log.partitions,
+            body_bytes_max: self.http.body_bytes_max,
+            decompressed_bytes_max: self.http.decompressed_bytes_max,
+            in_flight_bytes_max: self.http.in_flight_bytes_max,
+            udp_db: self.udp.db.clone(),
+            connections_max: self.http.connections_max,
+            header_read_timeout_ms: self.http.header_read_timeout_ms,
+            body_read_timeout_ms: self.http.body_read_timeout_ms,
+            access: self.access.access()?,
+            dead_letters_per_request_max: self.dead_letters.per_request_max,
+            dead_letters_per_sender_per_second: self.dead_letters.per_sender_per_second,
+            schema_columns_max: self.schema.columns_max,
+            idempotency: nublar_ingest::IdempotencyConfig {
+                window_ms: i64::try_from(self.idempotency.window_seconds.saturating_mul(1000))
+                    .unwrap_or(i64::MAX),
+                keys_per_owner_max: self.idempotency.keys_per_owner_max,
+                keys_max: self.idempotency.keys_max,
+            },
+        };
+        config
+            .validate()
+            .map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
+        Ok(config)
+    }
+}
+
+impl AccessSection {
+    /// The rules the gateway applies; what a reload replaces.
+    pub fn access(&self) -> anyhow::Result<AccessConfig> {
         let prefixes = |texts: &[String], what: &str| -> anyhow::Result<Vec<Prefix>> {
             texts
                 .iter()
@@ -611,7 +686,7 @@ impl NodeConfig {
                 .collect()
         };
         let mut tokens = Vec::new();
-        for token in &self.access.tokens {
+        for token in &self.tokens {
             let scopes = token
                 .scopes
                 .iter()
@@ -621,40 +696,29 @@ impl NodeConfig {
                         .map_err(|error| anyhow::anyhow!("token {:?}: {error}", token.name))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            anyhow::ensure!(
-                !token.secret.is_empty(),
-                "token {:?} has an empty secret",
-                token.name
-            );
             tokens.push(Token {
                 name: token.name.clone(),
                 secret: token.secret.clone(),
                 scopes,
                 allow: prefixes(&token.allow, &format!("token {:?} allow", token.name))?,
+                events_per_second_max: token.events_per_second_max,
             });
         }
-        let config = IngestConfig {
-            partitions: self.log.partitions,
-            body_bytes_max: self.http.body_bytes_max,
-            decompressed_bytes_max: self.http.decompressed_bytes_max,
-            in_flight_bytes_max: self.http.in_flight_bytes_max,
-            udp_db: self.udp.db.clone(),
-            connections_max: self.http.connections_max,
-            header_read_timeout_ms: self.http.header_read_timeout_ms,
-            body_read_timeout_ms: self.http.body_read_timeout_ms,
-            access: AccessConfig {
-                tokens,
-                allow: prefixes(&self.access.allow, "access.allow")?,
-                trusted_proxies: prefixes(&self.access.trusted_proxies, "access.trusted_proxies")?,
-            },
-            dead_letters_per_request_max: self.dead_letters.per_request_max,
-            dead_letters_per_sender_per_second: self.dead_letters.per_sender_per_second,
-            schema_columns_max: self.schema.columns_max,
+        let access = AccessConfig {
+            tokens,
+            allow: prefixes(&self.allow, "access.allow")?,
+            trusted_proxies: prefixes(&self.trusted_proxies, "access.trusted_proxies")?,
+            forwarded_header: self
+                .forwarded_header
+                .parse()
+                .map_err(|error| anyhow::anyhow!("access.forwarded_header: {error}"))?,
+            protected_mode: self.protected_mode,
+            protect_metrics: self.protect_metrics,
         };
-        config
+        access
             .validate()
-            .map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
-        Ok(config)
+            .map_err(|error| anyhow::anyhow!("access: {error}"))?;
+        Ok(access)
     }
 }
 
@@ -690,6 +754,12 @@ mod tests {
             "columns_max",
             "allow",
             "trusted_proxies",
+            "forwarded_header",
+            "protected_mode",
+            "protect_metrics",
+            "window_seconds",
+            "keys_per_owner_max",
+            "keys_max",
             "enabled",
             "ipv4_listen",
             "ipv6_listen",

@@ -12,7 +12,7 @@ use anyhow::Context;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use nublar_ingest::{Denied, Gateway};
+use nublar_ingest::{Action, Gateway};
 use nublar_model::{FieldType, FieldValue};
 use nublar_process::alerts::{Rule, RuleKind};
 use nublar_process::dedup::DedupConfig;
@@ -585,13 +585,11 @@ async fn latest(
             "missing db: the database to look in",
         );
     };
-    let access = service.gateway.access();
-    let sender = access.client_address(peer.ip(), &headers);
-    if let Err(denied) = access.check_read(sender, &headers, &db) {
-        return match denied {
-            Denied::Unauthenticated(message) => error(StatusCode::UNAUTHORIZED, &message),
-            Denied::Forbidden(message) => error(StatusCode::FORBIDDEN, &message),
-        };
+    if let Err(denied) = service
+        .gateway
+        .authorize(peer.ip(), &headers, Action::Read(&db))
+    {
+        return error(denied.status(), denied.message());
     }
     let Some(shared) = &service.shared else {
         return error(

@@ -13,7 +13,7 @@ use anyhow::Context;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use nublar_ingest::{Denied, Gateway};
+use nublar_ingest::{Action, Gateway};
 use nublar_lake::query::{Format, QueryConfig, QueryError};
 
 /// The database the simulator and the demo write to, and queries read by default.
@@ -182,13 +182,11 @@ async fn answer(
     let Some(db) = parameters.db.filter(|db| !db.is_empty()) else {
         return error_response(StatusCode::BAD_REQUEST, "missing db: the database to query");
     };
-    let access = service.gateway.access();
-    let sender = access.client_address(peer.ip(), headers);
-    if let Err(denied) = access.check_read(sender, headers, &db) {
-        return match denied {
-            Denied::Unauthenticated(message) => error_response(StatusCode::UNAUTHORIZED, &message),
-            Denied::Forbidden(message) => error_response(StatusCode::FORBIDDEN, &message),
-        };
+    if let Err(denied) = service
+        .gateway
+        .authorize(peer.ip(), headers, Action::Read(&db))
+    {
+        return error_response(denied.status(), denied.message());
     }
     let Some(sql) = parameters.q.filter(|q| !q.trim().is_empty()) else {
         return error_response(StatusCode::BAD_REQUEST, "missing q: the SQL to run");

@@ -128,8 +128,16 @@ async fn serve(
     let log = Log::open_with(&log_dir, options)
         .with_context(|| format!("opening the log in {}", log_dir.display()))?;
     let bus: Arc<dyn Bus> = EmbeddedBus::new(log.clone()).into_shared();
-    let open = ingest.access.is_open();
+    let access = ingest.access.clone();
     let gateway = Gateway::new(bus.clone(), ingest).await?;
+    // Registered before anything else can take long: SIGHUP's default action ends the process.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let reloading = tokio::spawn(watch_configuration(
+        args.config.clone(),
+        NodeConfig::load(args.config.as_deref())?,
+        gateway.clone(),
+        hangup,
+    ));
     // After the gateway, which creates the telemetry topic they read; before the lake, whose
     // sinks read the topics the processors create.
     let runner_config = node.processors.runner(data)?;
@@ -192,13 +200,7 @@ async fn serve(
         http.local_addr()?,
         udp.local_addr()?
     );
-    if open {
-        eprintln!(
-            "WARNING: no tokens are configured: anyone who can reach {} or {} can write to any database",
-            http.local_addr()?,
-            udp.local_addr()?
-        );
-    }
+    warn_about_access(&access, http.local_addr()?, udp.local_addr()?);
 
     if let Some(speaker) = &bfd {
         let speaker = Arc::downgrade(speaker);
@@ -333,6 +335,7 @@ async fn serve(
             Err(_) => eprintln!("lake sink did not finish its last commit in time"),
         }
     }
+    reloading.abort();
     let _ = std::fs::remove_file(&node_file);
     if let Some(speaker) = bfd {
         // The HTTP task, which held the other handle, has ended unless the drain timed out;
@@ -346,6 +349,93 @@ async fn serve(
         .context("closing the log")?;
     eprintln!("stopped cleanly");
     Ok(())
+}
+
+/// Says at start-up what the access rules leave open, loudest where they open most.
+fn warn_about_access(access: &nublar_ingest::AccessConfig, http: SocketAddr, udp: SocketAddr) {
+    if access.is_unprotected() {
+        eprintln!(
+            "WARNING: the node is OPEN: no tokens are configured and access.protected_mode is \
+             false, so anyone who can reach {http} can read every database, run operator \
+             commands (including log reclaim and lake vacuum) and write, and anyone who can \
+             reach {udp} can write; configure [[access.tokens]] to close it"
+        );
+    } else if access.is_open() {
+        eprintln!(
+            "WARNING: no tokens are configured: anyone who can reach {http} or {udp} can write to \
+             any database; reads and operator commands are answered only to clients on this \
+             host (protected mode)"
+        );
+    }
+}
+
+/// How often the configuration file is read to see whether it changed.
+const CONFIGURATION_POLL: Duration = Duration::from_secs(1);
+
+/// Applies the access rules of the configuration file again on SIGHUP and whenever the file's
+/// contents change, for every request from then on. A file that no longer parses, or whose
+/// rules are invalid, changes nothing: the reason is said and the rules in force stay.
+async fn watch_configuration(
+    path: Option<PathBuf>,
+    at_start: NodeConfig,
+    gateway: Gateway,
+    mut hangup: tokio::signal::unix::Signal,
+) {
+    let mut seen = path.as_deref().map(|path| std::fs::read(path).ok());
+    let mut applied = at_start.clone();
+    let mut poll = tokio::time::interval(CONFIGURATION_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let cause = tokio::select! {
+            _ = hangup.recv() => "SIGHUP",
+            _ = poll.tick() => {
+                let Some(path) = &path else { continue };
+                let now = Some(std::fs::read(path).ok());
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "the file changed"
+            }
+        };
+        let Some(path) = &path else {
+            eprintln!("{cause}: no configuration file (--config) to read again");
+            continue;
+        };
+        let reloaded = NodeConfig::load(Some(path)).and_then(|config| {
+            let access = config.access.access()?;
+            Ok((config, access))
+        });
+        match reloaded {
+            Err(error) => {
+                tracing::error!("configuration not reloaded: {error:#}");
+                eprintln!(
+                    "{cause}: {} not applied, the access rules before it stay: {error:#}",
+                    path.display()
+                );
+            }
+            Ok((config, access)) => {
+                let tokens = access.tokens.len();
+                if let Err(error) = gateway.set_access(access) {
+                    eprintln!("{cause}: access rules not applied: {error}");
+                    continue;
+                }
+                eprintln!(
+                    "{cause}: access rules reloaded from {} ({tokens} tokens)",
+                    path.display()
+                );
+                let mut rest = config.clone();
+                rest.access = at_start.access.clone();
+                if rest != at_start && config != applied {
+                    eprintln!(
+                        "{cause}: only [access] is applied without a restart; the file's other \
+                         changes take effect at the next start"
+                    );
+                }
+                applied = config;
+            }
+        }
+    }
 }
 
 type LakeTask = tokio::task::JoinHandle<Result<(), nublar_lake::LakeError>>;
@@ -740,15 +830,10 @@ pub fn check_admin(
     peer: SocketAddr,
     headers: &axum::http::HeaderMap,
 ) -> Result<(), (axum::http::StatusCode, String)> {
-    use axum::http::StatusCode;
-    let access = gateway.access();
-    let sender = access.client_address(peer.ip(), headers);
-    access
-        .check_admin(sender, headers)
-        .map_err(|denied| match denied {
-            nublar_ingest::Denied::Unauthenticated(message) => (StatusCode::UNAUTHORIZED, message),
-            nublar_ingest::Denied::Forbidden(message) => (StatusCode::FORBIDDEN, message),
-        })
+    gateway
+        .authorize(peer.ip(), headers, nublar_ingest::Action::Admin)
+        .map(|_| ())
+        .map_err(|denied| (denied.status(), denied.message().to_owned()))
 }
 
 async fn bfd_status(

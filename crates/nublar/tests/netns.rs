@@ -13,12 +13,12 @@ mod common;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::NodeProcess;
+use common::netns::Namespace;
 use nublar_log::{Log, OpenOptions};
 
 /// The sensors' prefix: routed as local on the namespace's loopback and the only prefix
@@ -37,106 +37,22 @@ fn in_sensor_prefix(address: Ipv6Addr) -> bool {
 }
 
 /// A network namespace of this test's own, with the sensors' prefix routed on `lo` and the
-/// node's address on `lo`; deleted when dropped.
-struct Namespace {
-    name: String,
+/// node's address on `lo`; deleted when dropped. `Err` when the namespace cannot be created
+/// at all (a missing privilege or tool), so the caller can skip.
+fn sensor_namespace() -> Result<Namespace, String> {
+    let namespace = Namespace::create("sensors")?;
+    // A local route makes the kernel take every address of the prefix as its own, the
+    // way a lab host or an anycast node does; the simulator binds with IPV6_FREEBIND
+    // because Linux lets IPv6 sockets bind only to assigned addresses otherwise.
+    namespace.ip(&["-6", "route", "add", "local", SENSOR_PREFIX, "dev", "lo"]);
+    // nodad: usable at once, without waiting for duplicate address detection.
+    let node = format!("{NODE_ADDRESS}/128");
+    namespace.ip(&["-6", "addr", "add", &node, "dev", "lo", "nodad"]);
+    Ok(namespace)
 }
 
-impl Namespace {
-    /// `Err` when the namespace cannot be created at all (a missing privilege or tool), so
-    /// the caller can skip; a failure after that is a failure of the test.
-    fn create() -> Result<Namespace, String> {
-        // The pid keeps concurrent runs (and a leftover of a killed run) apart.
-        let name = format!("nublar-test-{}", std::process::id());
-        run_ip(&["netns", "add", &name])?;
-        let namespace = Namespace { name };
-        namespace.ip(&["link", "set", "lo", "up"]);
-        // A local route makes the kernel take every address of the prefix as its own, the
-        // way a lab host or an anycast node does; the simulator binds with IPV6_FREEBIND
-        // because Linux lets IPv6 sockets bind only to assigned addresses otherwise.
-        namespace.ip(&["-6", "route", "add", "local", SENSOR_PREFIX, "dev", "lo"]);
-        // nodad: usable at once, without waiting for duplicate address detection.
-        let node = format!("{NODE_ADDRESS}/128");
-        namespace.ip(&["-6", "addr", "add", &node, "dev", "lo", "nodad"]);
-        Ok(namespace)
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        if let Err(error) = run_ip(&all) {
-            panic!("setting up namespace {}: {error}", self.name);
-        }
-    }
-
-    /// `program` run inside the namespace. `ip netns exec` execs it in place (no fork), so
-    /// the child's pid is the program's and signals reach it.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).arg(program);
-        command
-    }
-
-    /// Runs `work` on a thread that has entered the namespace (a thread's network namespace
-    /// is its own), so the test can talk to the node without leaving traffic outside.
-    fn on_thread<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let handle = File::open(&path).unwrap_or_else(|error| panic!("{path}: {error}"));
-            // SAFETY: setns takes an open namespace descriptor and changes only this thread.
-            let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
-            work()
-        })
-        .join()
-        .expect("the thread in the namespace panicked")
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        // The node guard, made after this one, is dropped first and kills the node; with
-        // the name gone the kernel frees the namespace and its addresses and routes.
-        if let Err(error) = run_ip(&["netns", "del", &self.name]) {
-            eprintln!("deleting namespace {}: {error}", self.name);
-        }
-    }
-}
-
-fn run_ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|error| format!("ip {}: {error}", args.join(" ")))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
-
-/// Why this machine cannot run the test, if it cannot.
-fn missing_component() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root (network namespaces need it)".into());
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(output) if output.status.success() => None,
-        _ => Some("`ip` (iproute2) is not installed".into()),
-    }
-}
-
-/// Skips with the reason, or fails under `CI=true`, where every component must be there.
 fn skip(reason: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true, and the network namespace test cannot run: {reason}");
-    }
-    eprintln!("skipping the network namespace test: {reason}");
+    common::netns::skip("the network namespace test", reason);
 }
 
 /// `nublar serve` inside the namespace, killed when dropped.
@@ -261,10 +177,10 @@ fn stored_batches(data: &Path) -> Vec<StoredBatch> {
 
 #[test]
 fn bind_prefix_sends_from_the_sensors_addresses_which_the_allow_list_admits() {
-    if let Some(reason) = missing_component() {
+    if let Some(reason) = common::netns::missing_component() {
         return skip(&reason);
     }
-    let namespace = match Namespace::create() {
+    let namespace = match sensor_namespace() {
         Ok(namespace) => namespace,
         // Root without CAP_SYS_ADMIN (a container) cannot create namespaces.
         Err(error) => return skip(&error),

@@ -25,6 +25,11 @@ pub struct Node {
 /// A node on the log in `dir` (opened, or reopened after a shut-down).
 pub async fn start_in(dir: &Path, bind: &str, config: IngestConfig) -> Node {
     let bus: Arc<dyn Bus> = EmbeddedBus::new(Log::open(dir).unwrap()).into_shared();
+    start_on_bus(bus, bind, config).await
+}
+
+/// A node writing through `bus`.
+pub async fn start_on_bus(bus: Arc<dyn Bus>, bind: &str, config: IngestConfig) -> Node {
     let gateway = Gateway::new(bus.clone(), config).await.unwrap();
     let listener = TcpListener::bind(bind).await.unwrap();
     let http = listener.local_addr().unwrap();

@@ -3,6 +3,8 @@
 //! waited for, and killed when dropped.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
