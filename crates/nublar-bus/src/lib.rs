@@ -13,6 +13,8 @@
 //! retried batch gets its first offsets back, `deduplicated` set); on Kafka
 //! the header travels with the batch and duplicates are recognised downstream.
 
+mod stalls;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ pub use nublar_log::{
     AppendOutcome, Batch, BatchBuilder, BatchError, BatchView, Compression, Durability,
     Fingerprint, Guarantee, KeyEntry, ReadBatches, Record, TopicConfig,
 };
+
+pub use stalls::{Stall, Stalls, Unreadable};
 
 /// Where a read starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

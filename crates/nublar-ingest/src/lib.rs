@@ -91,10 +91,16 @@ struct Inner {
     dead_letter_buckets: dead_letters::SenderBuckets,
     /// More Prometheus text appended to `/metrics` (the node's BFD sessions).
     extra_metrics: std::sync::RwLock<Vec<MetricsSource>>,
+    /// More reasons `/ready` says no (the node's stalled consumers).
+    extra_problems: std::sync::RwLock<Vec<ProblemsSource>>,
     /// The inodes of the UDP sockets served, to find the kernel's count of datagrams each
     /// dropped because its receive buffer was full.
     udp_socket_inodes: std::sync::Mutex<Vec<u64>>,
 }
+
+/// Says what else keeps the node from being ready: a part of the node the gateway does not
+/// know (a stalled consumer) shows in `/ready` too.
+pub type ProblemsSource = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// Renders more lines of `/metrics`: a part of the node the gateway does not
 /// know (BFD) shows its state on the same page.
@@ -158,6 +164,7 @@ impl Gateway {
                     config.dead_letters_per_sender_per_second,
                 ),
                 extra_metrics: std::sync::RwLock::default(),
+                extra_problems: std::sync::RwLock::default(),
                 udp_socket_inodes: std::sync::Mutex::default(),
                 config,
             }),
@@ -200,6 +207,11 @@ impl Gateway {
     /// Adds `source`'s lines to every `/metrics` answer.
     pub fn add_metrics(&self, source: MetricsSource) {
         self.inner.extra_metrics.write().unwrap().push(source);
+    }
+
+    /// Adds `source`'s problems to every `/ready` answer.
+    pub fn add_problems(&self, source: ProblemsSource) {
+        self.inner.extra_problems.write().unwrap().push(source);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -547,6 +559,9 @@ async fn ready(
         return refused;
     }
     let mut problems = gateway.inner.bus.problems();
+    for source in gateway.inner.extra_problems.read().unwrap().iter() {
+        problems.extend(source());
+    }
     if gateway.inner.draining.load(Ordering::SeqCst) {
         problems.insert(0, "draining".into());
     }

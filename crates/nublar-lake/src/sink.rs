@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nublar_bus::{Bus, BusError, ReadBatches, Start};
+use nublar_bus::{Bus, BusError, ReadBatches, Stalls, Start, Unreadable};
 use nublar_model::{Event, Field, FieldType, FieldValue, ParsedLine, Tag, stored};
 use tokio::sync::watch;
 
@@ -78,6 +78,8 @@ pub struct SinkConfig {
     pub zstd_level: i32,
     /// How long to wait after a failed round before reading again.
     pub retry_after: Duration,
+    /// Where a partition that meets an unreadable batch stops, shared with the node.
+    pub stalls: Arc<Stalls>,
 }
 
 impl SinkConfig {
@@ -94,6 +96,7 @@ impl SinkConfig {
             read_bytes: 4 << 20,
             zstd_level: 1,
             retry_after: Duration::from_secs(1),
+            stalls: Arc::new(Stalls::default()),
         }
     }
 }
@@ -171,6 +174,8 @@ struct Round {
     app_ids: Vec<String>,
     /// Once asked to stop: the end of each partition then, which the round reads up to.
     drain_to: Option<Vec<i64>>,
+    /// By partition: stopped at a batch that cannot be read, until an operator moves it on.
+    stalled: Vec<bool>,
 }
 
 impl Sink {
@@ -257,24 +262,59 @@ impl Sink {
             oldest_pending: None,
             app_ids: (0..partitions).map(|p| app_id(topic, p)).collect(),
             drain_to: None,
+            stalled: vec![false; partitions as usize],
         };
+        let (group, stalls) = (&self.config.group, &self.config.stalls);
         loop {
             let mut read_any = false;
             for partition in 0..partitions {
-                let batches = self
+                let index = partition as usize;
+                if round.stalled[index] {
+                    let Some(to) = stalls.skip_to(group, topic, partition) else {
+                        continue;
+                    };
+                    // The operator's word: the group moves past what lies between, at the
+                    // next commit, which is now.
+                    round.next[index] = to;
+                    round.stalled[index] = false;
+                    stalls.resumed(group, topic, partition, to);
+                    self.commit(&mut round).await?;
+                }
+                let read = self
                     .bus
                     .read(
                         topic,
                         partition,
-                        Start::Offset(round.next[partition as usize]),
+                        Start::Offset(round.next[index]),
                         self.config.read_bytes,
                     )
-                    .await
-                    .map_err(LakeError::Bus)?;
+                    .await;
+                let batches = match read {
+                    Ok(batches) => batches,
+                    Err(BusError::Corruption(reason)) => {
+                        stalls.stall(group, topic, partition, round.next[index], None, &reason);
+                        round.stalled[index] = true;
+                        continue;
+                    }
+                    Err(error) => return Err(LakeError::Bus(error)),
+                };
                 if let Some(next) = batches.next_offset() {
                     read_any = true;
-                    self.take(&mut round, partition, &batches).await?;
-                    round.next[partition as usize] = next;
+                    match self.take(&mut round, partition, &batches).await? {
+                        None => round.next[index] = next,
+                        Some(broken) => {
+                            round.next[index] = broken.offset;
+                            stalls.stall(
+                                group,
+                                topic,
+                                partition,
+                                broken.offset,
+                                broken.resume_at,
+                                &broken.reason,
+                            );
+                            round.stalled[index] = true;
+                        }
+                    }
                 }
                 if self.full(&round) {
                     self.commit(&mut round).await?;
@@ -313,8 +353,17 @@ impl Sink {
                     Some(oldest) => self.config.commit_interval.saturating_sub(oldest.elapsed()),
                     None => self.config.commit_interval,
                 };
+                // A stalled partition has records past where it stands, which must not wake
+                // the sink: it waits for an operator instead.
+                let waiting: Vec<Option<i64>> = round
+                    .next
+                    .iter()
+                    .zip(&round.stalled)
+                    .map(|(next, stalled)| (!stalled).then_some(*next))
+                    .collect();
                 tokio::select! {
-                    () = self.wait_for_records(&round.next, wait) => {}
+                    () = self.wait_for_records(&waiting, wait) => {}
+                    () = stalls.changed() => {}
                     _ = stop.changed() => {}
                 }
             }
@@ -331,10 +380,18 @@ impl Sink {
         rows >= self.config.rows_max || bytes >= self.config.bytes_max
     }
 
-    /// Waits until any partition has a record past `next`, at most `limit`.
-    async fn wait_for_records(&self, next: &[i64], limit: Duration) {
+    /// Waits until any partition has a record past `next` (those with `None` are not watched),
+    /// at most `limit`.
+    async fn wait_for_records(&self, next: &[Option<i64>], limit: Duration) {
         let mut waits = tokio::task::JoinSet::new();
+        if next.iter().all(Option::is_none) {
+            tokio::time::sleep(limit).await;
+            return;
+        }
         for (partition, offset) in next.iter().enumerate() {
+            let Some(offset) = offset else {
+                continue;
+            };
             let bus = self.bus.clone();
             let topic = self.config.topic.clone();
             let offset = *offset;
@@ -352,22 +409,39 @@ impl Sink {
         waits.abort_all();
     }
 
-    /// Makes rows of the records of `batches` past the round's position in `partition`.
+    /// Makes rows of the records of `batches` past the round's position in `partition`. A
+    /// batch that cannot be read ends the take: the rows before it are taken, and the answer
+    /// says where the partition stands.
     async fn take(
         &self,
         round: &mut Round,
         partition: u32,
         batches: &ReadBatches,
-    ) -> Result<(), LakeError> {
+    ) -> Result<Option<Unreadable>, LakeError> {
         let from = round.next[partition as usize];
         let mut mismatches: Vec<Mismatch> = Vec::new();
-        for view in batches.iter() {
-            let records = view
-                .records()
-                .map_err(|error| LakeError::Bus(BusError::Corruption(error.to_string())))?;
-            let batch_key = view
-                .batch_key_in(&records)
-                .map_err(|error| LakeError::Bus(BusError::Corruption(error.to_string())))?;
+        let mut broken = None;
+        'batches: for view in batches.iter() {
+            let mut untaken = view.base_offset().max(from);
+            let unreadable = |offset: i64, error: nublar_bus::BatchError| Unreadable {
+                offset,
+                resume_at: Some(view.next_offset()),
+                reason: error.to_string(),
+            };
+            let records = match view.records() {
+                Ok(records) => records,
+                Err(error) => {
+                    broken = Some(unreadable(untaken, error));
+                    break;
+                }
+            };
+            let batch_key = match view.batch_key_in(&records) {
+                Ok(key) => key,
+                Err(error) => {
+                    broken = Some(unreadable(untaken, error));
+                    break;
+                }
+            };
             let mut database: Option<String> = None;
             let mut sender: Option<String> = None;
             // Each record of the batch is decoded into this one line, which keeps its lists.
@@ -379,8 +453,14 @@ impl Sink {
             };
             let mut json_row;
             for (index, record) in records.iter().enumerate() {
-                let record = record
-                    .map_err(|error| LakeError::Bus(BusError::Corruption(error.to_string())))?;
+                let record = match record {
+                    Ok(record) => record,
+                    Err(error) => {
+                        broken = Some(unreadable(untaken, error));
+                        break 'batches;
+                    }
+                };
+                untaken = untaken.max(record.offset + 1);
                 if index == 0 {
                     database = record
                         .header("db")
@@ -459,7 +539,7 @@ impl Sink {
                 "values left out of the lake: their column has another type"
             );
         }
-        Ok(())
+        Ok(broken)
     }
 
     /// The slot of table `measurement` of `db`, opening the table if this round has not.

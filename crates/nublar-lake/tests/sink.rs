@@ -5,6 +5,7 @@
 
 mod lab;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use lab::{Lab, TOPIC, query, texts};
@@ -157,6 +158,98 @@ async fn after_an_operator_reclaims_unread_records_the_sink_goes_on_from_the_log
     assert_eq!(
         rows,
         texts(&[&[&kept.to_string(), &after.start.to_string(), "1000"]])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_batch_stops_its_partition_until_an_operator_moves_past_it() {
+    let mut lab = Lab::new(2).await;
+    let gate = |n: u64| {
+        format!(
+            "gate,gate=g{n} open=true,n={n}i {}",
+            1_700_000_000_000_000_000u64 + n
+        )
+    };
+    lab.send(0, "park", &[&gate(1), &gate(2)]).await;
+    let damaged_at = lab.log.partition_info(TOPIC, 0).unwrap().size_bytes;
+    lab.send(0, "park", &[&gate(3), &gate(4)]).await;
+    let after = lab.bus.offsets(TOPIC, 0).await.unwrap().end;
+    lab.send(0, "park", &[&gate(5)]).await;
+    // A bit of the second batch's records flips on disk: its CRC no longer holds.
+    let segment = lab
+        .lake
+        .parent()
+        .unwrap()
+        .join("log/topics/telemetry/0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[damaged_at as usize + 70] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let stalls = Arc::new(nublar_bus::Stalls::default());
+    let config = nublar_lake::SinkConfig {
+        stalls: stalls.clone(),
+        ..lab.config()
+    };
+    let sink = nublar_lake::Sink::new(lab.bus.clone(), config);
+    let counters = sink.counters();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { sink.run(stopped).await });
+    let wait_for = |rows: u64| {
+        let counters = counters.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            while counters.rows_written.load(Ordering::Relaxed) < rows {
+                assert!(tokio::time::Instant::now() < deadline, "rows never came");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // The other partition goes on while this one stops before the damage.
+    lab.send(1, "park", &[&gate(6)]).await;
+    wait_for(3).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        counters.rows_written.load(Ordering::Relaxed),
+        3,
+        "nothing past the damage"
+    );
+    let listed = stalls.list();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (
+            listed[0].group.as_str(),
+            listed[0].partition,
+            listed[0].offset
+        ),
+        ("lake", 0, 2)
+    );
+    assert!(listed[0].reason.contains("CRC"), "{}", listed[0].reason);
+    assert_eq!(
+        lab.bus.committed("lake", TOPIC, 0).await.unwrap(),
+        Some(2),
+        "the group holds at the damage"
+    );
+    assert_eq!(
+        counters.failed_rounds.load(Ordering::Relaxed),
+        0,
+        "no retrying in a loop"
+    );
+    // The operator's word: on from the batch after it.
+    assert_eq!(stalls.skip("lake", TOPIC, 0, Some(after)), Ok((2, after)));
+    wait_for(4).await;
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    assert!(stalls.list().is_empty());
+    assert_eq!(
+        lab.bus.committed("lake", TOPIC, 0).await.unwrap(),
+        Some(after + 1)
+    );
+    let rows = query(&lab.table_dir("park", "gate"), "SELECT n FROM t ORDER BY n").await;
+    assert_eq!(rows, texts(&[&["1"], &["2"], &["5"], &["6"]]));
+    assert!(
+        stalls
+            .prometheus()
+            .contains("nublar_consumer_skipped_offsets_total 2")
     );
 }
 

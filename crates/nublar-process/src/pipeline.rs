@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
-use nublar_bus::BatchView;
+use nublar_bus::{BatchView, Unreadable};
 use nublar_model::{ParsedLine, stored};
 use serde::{Deserialize, Serialize};
 
@@ -412,10 +412,18 @@ impl Pipeline {
         from: i64,
         ticks: &mut std::collections::VecDeque<Tick>,
         out: &mut Emitted,
-    ) -> Result<(), nublar_bus::BusError> {
-        let corrupt =
-            |error: nublar_bus::BatchError| nublar_bus::BusError::Corruption(error.to_string());
-        let records = batch.records().map_err(corrupt)?;
+    ) -> Result<(), Unreadable> {
+        // What a broken batch leaves: everything before the first record that cannot be read
+        // is processed and emitted, and the error says where the rest starts.
+        let mut untaken = batch.base_offset().max(from);
+        let unreadable = |offset: i64, error: nublar_bus::BatchError| Unreadable {
+            offset,
+            resume_at: Some(batch.next_offset()),
+            reason: error.to_string(),
+        };
+        let records = batch
+            .records()
+            .map_err(|error| unreadable(untaken, error))?;
         let received_ns = batch.max_timestamp().saturating_mul(1_000_000);
         self.received_ns = Some(
             self.received_ns
@@ -434,8 +442,16 @@ impl Pipeline {
         let mut latest = latest
             .as_ref()
             .map(|latest| latest.lock().expect("latest state lock"));
+        let mut broken = None;
         for (index, record) in records.iter().enumerate() {
-            let record = record.map_err(corrupt)?;
+            let record = match record {
+                Ok(record) => record,
+                Err(error) => {
+                    broken = Some(unreadable(untaken, error));
+                    break;
+                }
+            };
+            untaken = untaken.max(record.offset + 1);
             if index == 0 {
                 db = record
                     .header("db")
@@ -519,7 +535,7 @@ impl Pipeline {
         if let Some(kept) = kept {
             out.kept.push(kept);
         }
-        Ok(())
+        broken.map_or(Ok(()), Err)
     }
 
     /// Takes the clock's time for absence at a position; its alerts are emitted at it.

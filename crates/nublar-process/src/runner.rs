@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nublar_bus::{
-    Batch, BatchBuilder, Bus, BusError, Compression, ReadBatches, Start, TopicConfig,
+    Batch, BatchBuilder, Bus, BusError, Compression, ReadBatches, Stalls, Start, TopicConfig,
+    Unreadable,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -49,6 +50,8 @@ pub const ALERTS_TOPIC: &str = "_alerts";
 /// Where late events go (the gateway's dead letters topic).
 pub const DEAD_LETTERS_TOPIC: &str = "_dead_letters";
 
+/// How often a stalled partition looks for an operator's word, besides being woken.
+const STALL_POLL: Duration = Duration::from_secs(1);
 /// An output batch is closed at about this many bytes.
 const OUTPUT_BATCH_BYTES: usize = 1 << 20;
 
@@ -83,6 +86,8 @@ pub struct RunnerConfig {
     /// not send the lake what it holds), else the topic's start.
     pub first_start_from_group: Option<String>,
     pub clock: Clock,
+    /// Where a partition that meets an unreadable batch stops, shared with the node.
+    pub stalls: Arc<Stalls>,
 }
 
 impl RunnerConfig {
@@ -104,6 +109,7 @@ impl RunnerConfig {
             retry_after: Duration::from_secs(1),
             first_start_from_group: None,
             clock: system_clock(),
+            stalls: Arc::new(Stalls::default()),
         }
     }
 
@@ -116,6 +122,8 @@ impl RunnerConfig {
 pub enum RunnerError {
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    Unreadable(#[from] Unreadable),
     #[error("snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
 }
@@ -281,6 +289,24 @@ impl Runner {
         Ok(partitions)
     }
 
+    fn stalls(&self) -> &Stalls {
+        &self.config.stalls
+    }
+
+    /// Stops `partition` at a batch it cannot read, for readiness and an operator to see.
+    fn stall(&self, partition: u32, unreadable: &Unreadable) {
+        self.stalls().stall(
+            &self.config.group,
+            &self.config.input,
+            partition,
+            unreadable.offset,
+            unreadable.resume_at,
+            &unreadable.reason,
+        );
+        self.shared
+            .update(partition, |status| status.position = unreadable.offset);
+    }
+
     fn state_dir(&self) -> PathBuf {
         self.config.state_dir.join(&self.config.input)
     }
@@ -308,26 +334,73 @@ impl Runner {
         let mut last_snapshot = Instant::now();
         let mut last_tick = Instant::now();
         let mut emitted = Emitted::default();
+        let (group, input) = (self.config.group.as_str(), self.config.input.as_str());
+        let mut stalled: Option<Unreadable> = None;
         loop {
             let stopping = *stop.borrow();
-            let batches = self
+            if let Some(stall) = &stalled {
+                match self.stalls().skip_to(group, input, partition) {
+                    Some(to) => {
+                        // The operator's word: what lies between is not consumed.
+                        run.position = to;
+                        self.stalls().resumed(group, input, partition, to);
+                        stalled = None;
+                        self.snapshot(partition, &mut run).await?;
+                        last_snapshot = Instant::now();
+                    }
+                    None if stopping => {
+                        self.snapshot(partition, &mut run).await?;
+                        return Ok(());
+                    }
+                    None => {
+                        tracing::debug!(partition, offset = stall.offset, "stalled");
+                        tokio::select! {
+                            () = self.stalls().changed() => {}
+                            () = tokio::time::sleep(STALL_POLL) => {}
+                            _ = stop.changed() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let read = self
                 .bus
                 .read(
-                    &self.config.input,
+                    input,
                     partition,
                     Start::Offset(run.position),
                     self.config.read_bytes,
                 )
-                .await?;
+                .await;
+            let batches = match read {
+                Ok(batches) => batches,
+                Err(BusError::Corruption(reason)) => {
+                    let unreadable = Unreadable {
+                        offset: run.position,
+                        resume_at: None,
+                        reason,
+                    };
+                    self.stall(partition, &unreadable);
+                    stalled = Some(unreadable);
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
             let read_any = batches.next_offset().is_some();
             if read_any {
                 let next = batches.next_offset().expect("a batch was read");
-                let (pipeline, journal, result) = self.process(&mut run, batches, emitted).await;
+                let (pipeline, journal, processed, broken) =
+                    self.process(&mut run, batches, emitted).await;
                 run.pipeline = Some(pipeline);
                 run.journal = journal;
-                emitted = result?;
-                run.position = next;
+                emitted = processed;
+                run.position = broken.as_ref().map_or(next, |broken| broken.offset);
                 self.write(partition, &mut run, &mut emitted, None).await?;
+                if let Some(broken) = broken {
+                    self.stall(partition, &broken);
+                    stalled = Some(broken);
+                    continue;
+                }
             } else {
                 // At the end of the input: the recovery's ticks taken here are due now.
                 let pipeline = run.pipeline.as_mut().expect("the pipeline is home");
@@ -403,29 +476,30 @@ impl Runner {
         }
     }
 
-    /// Runs the pipeline over `batches` on the blocking pool: it is all computation.
+    /// Runs the pipeline over `batches` on the blocking pool: it is all computation. A batch
+    /// that cannot be read ends the work there: what came before it is processed and emitted,
+    /// and the error says where the partition stands.
     async fn process(
         &self,
         run: &mut PartitionRun,
         batches: ReadBatches,
         mut emitted: Emitted,
-    ) -> (Pipeline, VecDeque<Tick>, Result<Emitted, RunnerError>) {
+    ) -> (Pipeline, VecDeque<Tick>, Emitted, Option<Unreadable>) {
         let mut pipeline = run.pipeline.take().expect("the pipeline is home");
         let mut journal = std::mem::take(&mut run.journal);
         let from = run.position;
         let work = tokio::task::spawn_blocking(move || {
-            let mut result = Ok(());
+            let mut broken = None;
             for view in batches.iter() {
                 if let Err(error) = pipeline.process_batch(&view, from, &mut journal, &mut emitted)
                 {
-                    result = Err(error);
+                    broken = Some(error);
                     break;
                 }
             }
-            (pipeline, journal, result.map(|()| emitted))
+            (pipeline, journal, emitted, broken)
         });
-        let (pipeline, journal, result) = work.await.expect("processing does not panic");
-        (pipeline, journal, result.map_err(RunnerError::Bus))
+        work.await.expect("processing does not panic")
     }
 
     /// Appends what was emitted, without the items the outputs already hold, and clears it.

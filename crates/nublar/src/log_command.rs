@@ -2,13 +2,14 @@
 //!
 //! Everything here opens the log read-only: nothing is truncated, recovered or
 //! appended, so looking can never change what a crashed node left behind.
-//! The one exception is `reclaim`, which exists to change things.
+//! The exceptions are `reclaim` and `skip`, which exist to change things.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
 use clap::Subcommand;
+use nublar_bus::Stalls;
 use nublar_log::{BatchView, Log, OpenOptions};
 
 #[derive(Subcommand)]
@@ -47,6 +48,23 @@ pub enum LogCommand {
     /// not consumed the data: the operator's way to free a full disk. Every
     /// record dropped that way is logged and counted.
     Reclaim { topic: String },
+    /// List where a running node's consumers (the lake sinks, the processors) stopped at a
+    /// batch they cannot read.
+    Stalls,
+    /// Move a consumer group past a batch it cannot read: on a running node, the stalled
+    /// partition goes on from --to (default: the batch after the bad one); with no node,
+    /// the group's committed offset is set to --to. What lies between is not consumed.
+    Skip {
+        topic: String,
+        #[arg(long, short)]
+        partition: u32,
+        /// The consumer group: lake, lake-dead-letters, lake-agg-1m, lake-alerts, processors.
+        #[arg(long)]
+        group: String,
+        /// The offset to go on from.
+        #[arg(long)]
+        to: Option<i64>,
+    },
 }
 
 /// `nublar log [--token T] …`
@@ -74,7 +92,10 @@ pub const NODE_FILE: &str = "node.json";
 pub fn run(data: &Path, args: LogArgs) -> anyhow::Result<()> {
     let dir = data.join("log");
     let command = args.command;
-    let reclaim = matches!(command, LogCommand::Reclaim { .. });
+    let reclaim = matches!(
+        command,
+        LogCommand::Reclaim { .. } | LogCommand::Skip { .. }
+    );
     let opened = if reclaim {
         let options = OpenOptions {
             background: false,
@@ -86,7 +107,7 @@ pub fn run(data: &Path, args: LogArgs) -> anyhow::Result<()> {
     };
     match opened {
         Ok(log) => {
-            print!("{}", render(&log, &command)?);
+            print!("{}", render(&log, None, &command)?);
             if reclaim {
                 log.close()?;
             }
@@ -101,10 +122,40 @@ pub fn run(data: &Path, args: LogArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The text a command prints, from an open log (this process's or a node's).
-pub fn render(log: &Log, command: &LogCommand) -> anyhow::Result<String> {
+/// The text a command prints, from an open log (this process's or a node's, with the node's
+/// consumer stalls).
+pub fn render(log: &Log, stalls: Option<&Stalls>, command: &LogCommand) -> anyhow::Result<String> {
     let mut out = String::new();
     match command {
+        LogCommand::Stalls => match stalls {
+            None => writeln!(
+                out,
+                "no node owns this directory: consumers run inside a node, which says where \
+                 they stopped"
+            )?,
+            Some(stalls) => {
+                let list = stalls.list();
+                if list.is_empty() {
+                    writeln!(out, "no consumer is stopped")?;
+                }
+                for stall in list {
+                    let resume = stall
+                        .resume_at
+                        .map_or("unknown".to_string(), |offset| offset.to_string());
+                    writeln!(
+                        out,
+                        "group {} stopped in {}/{} at offset {} (next batch at {resume}): {}",
+                        stall.group, stall.topic, stall.partition, stall.offset, stall.reason
+                    )?;
+                }
+            }
+        },
+        LogCommand::Skip {
+            topic,
+            partition,
+            group,
+            to,
+        } => skip(log, stalls, topic, *partition, group, *to, &mut out)?,
         LogCommand::Topics => topics(log, &mut out)?,
         LogCommand::Describe { topic } => describe(log, topic, &mut out)?,
         LogCommand::Tail {
@@ -191,8 +242,82 @@ impl LogCommand {
                 args
             }
             LogCommand::Reclaim { topic } => vec!["reclaim".into(), topic.clone()],
+            LogCommand::Stalls => vec!["stalls".into()],
+            LogCommand::Skip {
+                topic,
+                partition,
+                group,
+                to,
+            } => {
+                let mut args = vec![
+                    "skip".into(),
+                    topic.clone(),
+                    "--partition".into(),
+                    partition.to_string(),
+                    "--group".into(),
+                    group.clone(),
+                ];
+                if let Some(to) = to {
+                    args.extend(["--to".into(), to.to_string()]);
+                }
+                args
+            }
         }
     }
+}
+
+/// `nublar log skip`: through the running node's stalls, or, with no node, by setting the
+/// group's committed offset.
+fn skip(
+    log: &Log,
+    stalls: Option<&Stalls>,
+    topic: &str,
+    partition: u32,
+    group: &str,
+    to: Option<i64>,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    if let Some(stalls) = stalls {
+        let (from, to) = stalls
+            .skip(group, topic, partition, to)
+            .map_err(|reason| anyhow::anyhow!(reason))?;
+        writeln!(
+            out,
+            "group {group} goes on in {topic}/{partition} from offset {to}; offsets {from}..{to} \
+             will not be consumed"
+        )?;
+        return Ok(());
+    }
+    let to = to.context(
+        "with no node running, say where the group goes on with --to (`nublar log dump` shows \
+         the batches)",
+    )?;
+    let end = log.end_offset(topic, partition)?;
+    let committed = log.committed(group, topic, partition);
+    anyhow::ensure!(
+        to <= end,
+        "--to {to} is past the end of {topic}/{partition} ({end})"
+    );
+    anyhow::ensure!(
+        committed.is_none_or(|committed| to > committed),
+        "--to {to} is not past offset {}, where group {group} has committed",
+        committed.unwrap_or_default()
+    );
+    log.commit(group, &[(topic, partition, to)])?;
+    tracing::warn!(
+        group,
+        topic,
+        partition,
+        to,
+        "group moved on an operator's word"
+    );
+    let from = committed.map_or("its start".to_string(), |offset| format!("offset {offset}"));
+    writeln!(
+        out,
+        "group {group} goes on in {topic}/{partition} from offset {to} (it had committed \
+         {from}); what lies between will not be consumed"
+    )?;
+    Ok(())
 }
 
 /// Whether a running node owns `data` (it holds the log's lock and says where it listens).

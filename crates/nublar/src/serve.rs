@@ -138,9 +138,22 @@ async fn serve(
         gateway.clone(),
         hangup,
     ));
+    // Where consumers stopped at a batch they cannot read, until an operator moves them on.
+    let stalls = Arc::new(nublar_bus::Stalls::default());
+    {
+        let (problems, metrics) = (stalls.clone(), stalls.clone());
+        gateway.add_problems(Arc::new(move || problems.problems()));
+        gateway.add_metrics(Arc::new(move || {
+            let text = metrics.prometheus();
+            Box::pin(async move { text })
+        }));
+    }
     // After the gateway, which creates the telemetry topic they read; before the lake, whose
     // sinks read the topics the processors create.
-    let runner_config = node.processors.runner(data)?;
+    let runner_config = node.processors.runner(data)?.map(|mut config| {
+        config.stalls = stalls.clone();
+        config
+    });
     let live_pipeline = runner_config.as_ref().map(|config| config.pipeline.clone());
     let webhooks_config = node.processors.webhooks()?;
     let processors = start_processors(
@@ -169,7 +182,14 @@ async fn serve(
         }
         None => None,
     };
-    let lake = start_lake(data, &node, bus.clone(), &gateway, processors.is_some())?;
+    let lake = start_lake(
+        data,
+        &node,
+        bus.clone(),
+        &gateway,
+        processors.is_some(),
+        &stalls,
+    )?;
     let (http_address, udp_address) = (node.http.listen, node.udp.listen);
     let http = TcpListener::bind(http_address)
         .await
@@ -226,7 +246,7 @@ async fn serve(
     let (stop_udp, udp_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = {
         let gateway = gateway.clone();
-        let operator = operator_routes(gateway.clone(), log.clone(), bfd.clone())
+        let operator = operator_routes(gateway.clone(), log.clone(), bfd.clone(), stalls.clone())
             .merge(crate::query_command::routes(
                 crate::query_command::QueryService {
                     gateway: gateway.clone(),
@@ -503,12 +523,15 @@ fn start_lake(
     bus: Arc<dyn Bus>,
     gateway: &Gateway,
     processors: bool,
+    stalls: &Arc<nublar_bus::Stalls>,
 ) -> anyhow::Result<Option<(tokio::sync::watch::Sender<bool>, LakeTask)>> {
-    let (Some(mut telemetry), Some(dead_letters)) =
+    let (Some(mut telemetry), Some(mut dead_letters)) =
         (node.lake.sink(data)?, node.lake.dead_letters_sink(data)?)
     else {
         return Ok(None);
     };
+    telemetry.stalls = stalls.clone();
+    dead_letters.stalls = stalls.clone();
     let derived = crate::processors::lake_sinks(&node.processors, &telemetry);
     telemetry.topic = node.processors.telemetry_topic().into();
     let lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -805,13 +828,19 @@ fn reachable_address(bound: SocketAddr) -> SocketAddr {
 struct Operator {
     gateway: Gateway,
     log: Log,
+    stalls: Arc<nublar_bus::Stalls>,
     /// `None` when BFD is not enabled.
     bfd: Option<Arc<Speaker>>,
 }
 
 /// The node's operator API, for a token with the admin scope: `nublar log …`
 /// commands run against the log this node owns, and `nublar bfd status`.
-fn operator_routes(gateway: Gateway, log: Log, bfd: Option<Arc<Speaker>>) -> axum::Router {
+fn operator_routes(
+    gateway: Gateway,
+    log: Log,
+    bfd: Option<Arc<Speaker>>,
+    stalls: Arc<nublar_bus::Stalls>,
+) -> axum::Router {
     axum::Router::new()
         .route(
             crate::log_command::OPERATOR_PATH,
@@ -821,7 +850,12 @@ fn operator_routes(gateway: Gateway, log: Log, bfd: Option<Arc<Speaker>>) -> axu
             crate::bfd_command::OPERATOR_PATH,
             axum::routing::post(bfd_status),
         )
-        .with_state(Operator { gateway, log, bfd })
+        .with_state(Operator {
+            gateway,
+            log,
+            bfd,
+            stalls,
+        })
 }
 
 /// Refuses a sender without the admin scope, as every operator route does.
@@ -877,8 +911,11 @@ async fn operator_command(
         Ok(parsed) => parsed.command,
         Err(refused) => return refused.into_response(),
     };
-    let log = operator.log.clone();
-    match tokio::task::spawn_blocking(move || crate::log_command::render(&log, &command)).await {
+    let (log, stalls) = (operator.log.clone(), operator.stalls.clone());
+    let rendered = tokio::task::spawn_blocking(move || {
+        crate::log_command::render(&log, Some(&stalls), &command)
+    });
+    match rendered.await {
         Ok(Ok(text)) => (StatusCode::OK, text).into_response(),
         Ok(Err(error)) => (StatusCode::BAD_REQUEST, format!("{error:#}")).into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
