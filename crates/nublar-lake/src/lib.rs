@@ -13,6 +13,7 @@ pub mod maintenance;
 pub mod names;
 pub mod query;
 pub mod sink;
+pub mod store;
 pub mod table;
 
 pub use sink::{JsonTable, RecordFormat, Sink, SinkConfig, SinkCounters};

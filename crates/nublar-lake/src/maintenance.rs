@@ -125,8 +125,10 @@ pub fn table_dirs(
 /// The table in `dir` at its latest version; `None` when it was never created.
 pub(crate) async fn open(dir: &Path) -> Result<Option<DeltaTable>, LakeError> {
     let error = delta_error(dir);
-    let url = deltalake::ensure_table_uri(dir.to_string_lossy()).map_err(&error)?;
-    let table = DeltaTable::try_from_url(url).await.map_err(&error)?;
+    let store = crate::store::DurableLocalStore::shared();
+    let table = crate::table::open_delta(dir, store, true)
+        .await
+        .map_err(&error)?;
     Ok(table.version().is_some().then_some(table))
 }
 

@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nublar_bus::{Bus, BusError, ReadBatches, Stalls, Start, Unreadable};
+
+use crate::store::DurableLocalStore;
 use nublar_model::{Event, Field, FieldType, FieldValue, ParsedLine, Tag, stored};
 use tokio::sync::watch;
 
@@ -80,6 +82,8 @@ pub struct SinkConfig {
     pub retry_after: Duration,
     /// Where a partition that meets an unreadable batch stops, shared with the node.
     pub stalls: Arc<Stalls>,
+    /// What every table is written through: durable before it answers.
+    pub store: Arc<DurableLocalStore>,
 }
 
 impl SinkConfig {
@@ -97,6 +101,7 @@ impl SinkConfig {
             zstd_level: 1,
             retry_after: Duration::from_secs(1),
             stalls: Arc::new(Stalls::default()),
+            store: DurableLocalStore::shared(),
         }
     }
 }
@@ -561,7 +566,14 @@ impl Sink {
             .lake_dir
             .join(names::encode(db))
             .join(names::encode(measurement));
-        let table = Table::open(&dir, measurement, self.config.zstd_level, &round.app_ids).await?;
+        let table = Table::open(
+            &dir,
+            measurement,
+            self.config.zstd_level,
+            &round.app_ids,
+            &self.config.store,
+        )
+        .await?;
         round.slots.push(Slot {
             table,
             pending: Pending::default(),

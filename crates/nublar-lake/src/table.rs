@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructField, Transaction};
@@ -22,6 +23,7 @@ use nublar_model::FieldType;
 use crate::LakeError;
 use crate::buffer::{ColumnKind, DAY, TableBuffer, own_columns};
 use crate::names;
+use crate::store::DurableLocalStore;
 
 /// Field metadata keys: what a column is, and its name as sent.
 const KIND_KEY: &str = "nublar.kind";
@@ -67,6 +69,26 @@ fn delta_field(name: &str, kind: ColumnKind) -> StructField {
         .with_metadata([(KIND_KEY, kind_name(kind)), (NAME_KEY, name)])
 }
 
+/// The Delta table in `dir` through `store`, which every write of it then goes through;
+/// loaded to its latest version when `load` (a table that does not exist yet stays empty).
+pub(crate) async fn open_delta(
+    dir: &Path,
+    store: Arc<DurableLocalStore>,
+    load: bool,
+) -> Result<DeltaTable, DeltaTableError> {
+    let url = deltalake::ensure_table_uri(dir.to_string_lossy())?;
+    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())?
+        .with_storage_backend(store, url)
+        .build()?;
+    if load {
+        match table.load().await {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(table)
+}
+
 fn table_error(dir: &Path, error: DeltaTableError) -> LakeError {
     LakeError::Delta {
         table: dir.display().to_string(),
@@ -83,25 +105,21 @@ impl Table {
         name: &str,
         zstd_level: i32,
         app_ids: &[String],
+        store: &Arc<DurableLocalStore>,
     ) -> Result<Table, LakeError> {
-        std::fs::create_dir_all(dir).map_err(|error| LakeError::Io {
+        store.create_dir_all(dir).map_err(|error| LakeError::Io {
             path: dir.display().to_string(),
             message: error.to_string(),
         })?;
         remove_staging_files(dir)?;
         let error = |e| table_error(dir, e);
-        let url = deltalake::ensure_table_uri(dir.to_string_lossy()).map_err(error)?;
         // A table not made yet is not loaded: loading one that has no log fails, and the
         // Delta kernel logs that failure as an error where nothing is wrong.
         let has_log = std::fs::read_dir(dir.join("_delta_log"))
             .is_ok_and(|mut entries| entries.next().is_some());
-        let mut table = if has_log {
-            DeltaTable::try_from_url(url).await.map_err(error)?
-        } else {
-            deltalake::DeltaTableBuilder::from_url(url)
-                .and_then(|builder| builder.build())
-                .map_err(error)?
-        };
+        let mut table = open_delta(dir, store.clone(), has_log)
+            .await
+            .map_err(error)?;
         if table.version().is_none() {
             let mut stats_columns: Vec<String> = own_columns()
                 .iter()
