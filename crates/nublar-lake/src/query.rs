@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
@@ -236,22 +236,30 @@ async fn register(context: &SessionContext, name: &str, dir: &Path) -> Result<()
     Ok(())
 }
 
-/// Rows at most in the `table` format: it lays out the whole result at once, in columns
-/// as wide as their widest value.
-pub const TABLE_ROWS_MAX: usize = 100_000;
-
-/// Writes `result` in `format`.
+/// Writes `result` in `format`, with no bound (the demo's own small answers).
 pub fn render(result: &QueryResult, format: Format) -> Result<Vec<u8>, QueryError> {
-    render_within(result, format, usize::MAX)
+    render_bounded(result, format, usize::MAX, None)
 }
 
-/// Writes `result` in `format`, refusing (`TooLarge`) once the output passes `bytes_max`:
-/// text can be many times the size of the same values in memory (a boolean is one bit there
-/// and six bytes of JSON).
+/// Writes `result` in `format` within the query's bounds: refusing (`TooLarge`) once the
+/// output would pass `config.result_bytes_max` (text can be many times the size of the same
+/// values in memory: a boolean is one bit there and six bytes of JSON), and (`TimedOut`)
+/// once `config.time_limit` has passed since `started`, when the query began.
 pub fn render_within(
     result: &QueryResult,
     format: Format,
+    config: &QueryConfig,
+    started: Instant,
+) -> Result<Vec<u8>, QueryError> {
+    let deadline = (started + config.time_limit, config.time_limit);
+    render_bounded(result, format, config.result_bytes_max, Some(deadline))
+}
+
+fn render_bounded(
+    result: &QueryResult,
+    format: Format,
     bytes_max: usize,
+    deadline: Option<(Instant, Duration)>,
 ) -> Result<Vec<u8>, QueryError> {
     let arrow = |error: deltalake::arrow::error::ArrowError| QueryError::Sql(error.to_string());
     let too_large = |written: usize| {
@@ -261,24 +269,14 @@ pub fn render_within(
             Ok(())
         }
     };
+    let in_time = || match deadline {
+        Some((deadline, limit)) if Instant::now() > deadline => Err(QueryError::TimedOut(limit)),
+        _ => Ok(()),
+    };
     let batches: Vec<&RecordBatch> = result.batches.iter().collect();
     let mut out = Vec::new();
     match format {
-        Format::Table => {
-            if result.rows() > TABLE_ROWS_MAX {
-                return Err(QueryError::Sql(format!(
-                    "{} rows are too many for the table format (at most {TABLE_ROWS_MAX}): \
-                     use csv, json, jsonl or parquet",
-                    result.rows()
-                )));
-            }
-            let table = deltalake::arrow::util::pretty::pretty_format_batches_with_schema(
-                result.schema.clone(),
-                &result.batches,
-            )
-            .map_err(arrow)?;
-            out = format!("{table}\n").into_bytes();
-        }
+        Format::Table => out = render_table(result, bytes_max, &in_time)?,
         Format::Csv => {
             // A writer per batch, so that the output's size can be checked between them; only
             // the first writes the header.
@@ -289,6 +287,7 @@ pub fn render_within(
                     .write(batch)
                     .map_err(arrow)?;
                 too_large(out.len())?;
+                in_time()?;
             }
             if result.batches.is_empty() {
                 // The CSV writer writes its header with the first batch; an empty result
@@ -307,6 +306,7 @@ pub fn render_within(
             for batch in batches {
                 writer.write(batch).map_err(arrow)?;
                 too_large(writer.get_ref().len())?;
+                in_time()?;
             }
             writer.finish().map_err(arrow)?;
             drop(writer);
@@ -317,6 +317,7 @@ pub fn render_within(
             for batch in batches {
                 writer.write(batch).map_err(arrow)?;
                 too_large(writer.get_ref().len())?;
+                in_time()?;
             }
             writer.finish().map_err(arrow)?;
         }
@@ -334,6 +335,7 @@ pub fn render_within(
                     .write(batch)
                     .map_err(|error| QueryError::Sql(error.to_string()))?;
                 too_large(writer.bytes_written())?;
+                in_time()?;
             }
             writer
                 .close()
@@ -342,4 +344,119 @@ pub fn render_within(
     }
     too_large(out.len())?;
     Ok(out)
+}
+
+/// How often (in cells) the table format looks at the clock.
+const TABLE_CELLS_PER_CLOCK_CHECK: usize = 4096;
+
+/// The `table` format: every value as text, left-aligned in columns as wide as their widest
+/// value, between borders. The widths are measured first, and the size they make known
+/// before anything is padded: a result whose table would pass `bytes_max` is refused as soon
+/// as its widths show it, and one that fits is written row by row within the bound.
+fn render_table(
+    result: &QueryResult,
+    bytes_max: usize,
+    in_time: &dyn Fn() -> Result<(), QueryError>,
+) -> Result<Vec<u8>, QueryError> {
+    use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let names: Vec<String> = result
+        .schema
+        .fields()
+        .iter()
+        .map(|field| one_line(field.name()))
+        .collect();
+    let rows = result.rows();
+    // Top border, header, separator, bottom border, and a line per row, each as long as the
+    // border: `+` and `-` per column plus padding. The bytes can only be more (wide UTF-8).
+    let lines = rows.saturating_add(4);
+    let line_bytes = |widths: &[usize]| widths.iter().map(|width| width + 3).sum::<usize>() + 2;
+    let fits = |widths: &[usize]| lines.saturating_mul(line_bytes(widths)) <= bytes_max;
+    let mut widths: Vec<usize> = names.iter().map(|name| name.chars().count()).collect();
+    if !fits(&widths) {
+        return Err(QueryError::TooLarge(bytes_max));
+    }
+    let options = FormatOptions::default();
+    let formatters: Vec<Vec<ArrayFormatter<'_>>> = result
+        .batches
+        .iter()
+        .map(|batch| {
+            batch
+                .columns()
+                .iter()
+                .map(|column| ArrayFormatter::try_new(column.as_ref(), &options))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|error| QueryError::Sql(error.to_string()))?;
+    let mut cell = String::new();
+    let mut cells = 0usize;
+    let format_cell = |formatter: &ArrayFormatter<'_>, row: usize, cell: &mut String| {
+        use std::fmt::Write;
+        cell.clear();
+        let _ = write!(cell, "{}", formatter.value(row));
+        if cell.contains(['\n', '\r', '\t']) {
+            *cell = one_line(cell);
+        }
+    };
+    for (batch, columns) in result.batches.iter().zip(&formatters) {
+        for row in 0..batch.num_rows() {
+            for (index, formatter) in columns.iter().enumerate() {
+                format_cell(formatter, row, &mut cell);
+                let width = cell.chars().count();
+                if width > widths[index] {
+                    widths[index] = width;
+                    if !fits(&widths) {
+                        return Err(QueryError::TooLarge(bytes_max));
+                    }
+                }
+                cells += 1;
+                if cells.is_multiple_of(TABLE_CELLS_PER_CLOCK_CHECK) {
+                    in_time()?;
+                }
+            }
+        }
+    }
+    let mut out = String::with_capacity(lines.saturating_mul(line_bytes(&widths)));
+    let border = |out: &mut String| {
+        for width in &widths {
+            out.push('+');
+            out.extend(std::iter::repeat_n('-', width + 2));
+        }
+        out.push_str("+\n");
+    };
+    let padded = |out: &mut String, text: &str, width: usize| {
+        out.push_str("| ");
+        out.push_str(text);
+        out.extend(std::iter::repeat_n(' ', width - text.chars().count() + 1));
+    };
+    border(&mut out);
+    for (name, width) in names.iter().zip(&widths) {
+        padded(&mut out, name, *width);
+    }
+    out.push_str("|\n");
+    border(&mut out);
+    for (batch, columns) in result.batches.iter().zip(&formatters) {
+        for row in 0..batch.num_rows() {
+            for (formatter, width) in columns.iter().zip(&widths) {
+                format_cell(formatter, row, &mut cell);
+                padded(&mut out, &cell, *width);
+            }
+            out.push_str("|\n");
+            if out.len() > bytes_max {
+                return Err(QueryError::TooLarge(bytes_max));
+            }
+            if row % (TABLE_CELLS_PER_CLOCK_CHECK / columns.len().max(1)).max(1) == 0 {
+                in_time()?;
+            }
+        }
+    }
+    border(&mut out);
+    Ok(out.into_bytes())
+}
+
+/// `text` on one line: line breaks and tabs as their escapes.
+fn one_line(text: &str) -> String {
+    text.replace('\n', "\\n")
+        .replace('\r', "\\r")
+        .replace('\t', "\\t")
 }

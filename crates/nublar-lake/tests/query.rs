@@ -246,22 +246,73 @@ async fn queries_only_read_and_stay_within_their_bounds() {
         .iter()
         .map(|batch| batch.get_array_memory_size())
         .sum::<usize>();
-    for format in [Format::Csv, Format::Json, Format::Jsonl, Format::Parquet] {
+    let within = |bytes_max: usize| QueryConfig {
+        result_bytes_max: bytes_max,
+        ..QueryConfig::default()
+    };
+    for format in [
+        Format::Csv,
+        Format::Json,
+        Format::Jsonl,
+        Format::Parquet,
+        Format::Table,
+    ] {
         let written = query::render(&booleans, format).unwrap().len();
         assert!(
             matches!(
-                query::render_within(&booleans, format, written / 2),
+                query::render_within(&booleans, format, &within(written / 2), Instant::now()),
                 Err(QueryError::TooLarge(_))
             ),
             "{format:?}: {written} bytes written, {held} held"
         );
-        assert!(query::render_within(&booleans, format, written).is_ok());
+        assert!(
+            query::render_within(&booleans, format, &within(written), Instant::now()).is_ok(),
+            "{format:?}"
+        );
     }
-    let many = run(&lab, "SELECT value FROM generate_series(1, 100001)")
-        .await
-        .unwrap();
-    assert!(matches!(
-        query::render(&many, Format::Table),
-        Err(QueryError::Sql(message)) if message.contains("table format")
-    ));
+    // The table format knows its size from its widths before it pads a cell: one wide value
+    // among many rows is refused at once, without the result padded to its width.
+    let wide = run(
+        &lab,
+        "SELECT CASE WHEN value = 150000 THEN repeat('x', 100000) ELSE 'short' END AS note \
+         FROM generate_series(1, 150000)",
+    )
+    .await
+    .unwrap();
+    let refused = query::render_within(&wide, Format::Table, &within(64 << 20), Instant::now());
+    assert!(
+        matches!(refused, Err(QueryError::TooLarge(_))),
+        "{:?}",
+        refused.err()
+    );
+    // Rendering counts against the query's time limit too.
+    let begun_long_ago = Instant::now() - Duration::from_secs(60);
+    let late = query::render_within(&wide, Format::Table, &within(usize::MAX), begun_long_ago);
+    assert!(
+        matches!(late, Err(QueryError::TimedOut(_))),
+        "{:?}",
+        late.err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_format_lines_values_up_in_columns() {
+    let lab = Lab::new(1).await;
+    let result = run(
+        &lab,
+        "SELECT * FROM (VALUES ('savanna', 23.5, NULL), ('wetland\nnorth', -1.0, 'ok')) \
+         AS t(habitat, temp_c, note)",
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(query::render(&result, Format::Table).unwrap()).unwrap();
+    assert_eq!(
+        text,
+        "+----------------+--------+------+\n\
+         | habitat        | temp_c | note |\n\
+         +----------------+--------+------+\n\
+         | savanna        | 23.5   |      |\n\
+         | wetland\\nnorth | -1.0   | ok   |\n\
+         +----------------+--------+------+\n"
+    );
 }

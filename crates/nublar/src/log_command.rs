@@ -24,8 +24,9 @@ pub enum LogCommand {
         topic: String,
         #[arg(long, short, default_value_t = 0)]
         partition: u32,
-        /// How many records from the end.
-        #[arg(long, short = 'n', default_value_t = 10)]
+        /// How many records from the end (at most 100000).
+        #[arg(long, short = 'n', default_value_t = 10,
+              value_parser = clap::value_parser!(i64).range(0..=TAIL_LINES_MAX))]
         lines: i64,
     },
     /// Print the batches of a partition with their header fields, CRC check
@@ -37,9 +38,10 @@ pub enum LogCommand {
         /// First offset to dump (default: the partition's start).
         #[arg(long)]
         from: Option<i64>,
-        /// Stop after this many batches.
-        #[arg(long, default_value_t = 100)]
-        batches: usize,
+        /// Stop after this many batches (at most 100000).
+        #[arg(long, default_value_t = 100,
+              value_parser = clap::value_parser!(u64).range(1..=DUMP_BATCHES_MAX))]
+        batches: u64,
         /// Print each record too.
         #[arg(long)]
         records: bool,
@@ -85,6 +87,14 @@ pub struct RemoteLogCommand {
     #[command(subcommand)]
     pub command: LogCommand,
 }
+
+/// Records `log tail` prints at most.
+pub const TAIL_LINES_MAX: i64 = 100_000;
+/// Batches `log dump` prints at most.
+pub const DUMP_BATCHES_MAX: u64 = 100_000;
+/// The most text an operator command answers with, here or over a node's API: past it the
+/// answer stops with a line saying where, and how to ask for the rest.
+pub const ANSWER_BYTES_MAX: usize = 16 << 20;
 
 /// The file a running node writes beside its log, saying where to ask it.
 pub const NODE_FILE: &str = "node.json";
@@ -524,6 +534,16 @@ fn tail(
             for record in records.iter() {
                 let record = record?;
                 if record.offset >= offset {
+                    if out.len() > ANSWER_BYTES_MAX {
+                        writeln!(
+                            out,
+                            "... stopped at offset {} after {ANSWER_BYTES_MAX} bytes; ask for \
+                             fewer lines, or `nublar log dump {topic} -p {partition} --from {} \
+                             --records`",
+                            record.offset, record.offset
+                        )?;
+                        return Ok(());
+                    }
                     writeln!(out, "{}", format_record(&record))?;
                 }
             }
@@ -538,7 +558,7 @@ fn dump(
     topic: &str,
     partition: u32,
     from: Option<i64>,
-    batches_max: usize,
+    batches_max: u64,
     with_records: bool,
     out: &mut String,
 ) -> anyhow::Result<()> {
@@ -556,6 +576,15 @@ fn dump(
         for view in batches.iter() {
             if printed == batches_max {
                 break;
+            }
+            if out.len() > ANSWER_BYTES_MAX {
+                writeln!(
+                    out,
+                    "... stopped at offset {} after {ANSWER_BYTES_MAX} bytes; go on with --from {}",
+                    view.base_offset(),
+                    view.base_offset()
+                )?;
+                return Ok(());
             }
             writeln!(out, "{}", format_batch(&view))?;
             if with_records {

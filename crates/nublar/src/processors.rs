@@ -855,6 +855,7 @@ pub async fn run_replay(
         _ => anyhow::bail!("give either --from-offset (repeatable) or --from-time"),
     };
     let mut out = String::new();
+    let mut cut = false;
     let totals = replay(
         bus,
         nublar_ingest::TELEMETRY_TOPIC,
@@ -862,6 +863,11 @@ pub async fn run_replay(
         &from,
         request.limit,
         |partition, output, item| {
+            // The answer is bounded in bytes as well as in items: items can be large.
+            if out.len() > crate::log_command::ANSWER_BYTES_MAX {
+                cut = true;
+                return;
+            }
             if shown.contains(&output) {
                 let item: serde_json::Value =
                     serde_json::from_slice(&item).unwrap_or(serde_json::Value::Null);
@@ -882,6 +888,7 @@ pub async fn run_replay(
             "events_read": totals.events,
             "items": totals.items,
             "truncated": totals.truncated,
+            "output_stopped_at_bytes": cut.then_some(crate::log_command::ANSWER_BYTES_MAX),
         })
     );
     Ok(out)

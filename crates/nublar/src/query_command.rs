@@ -64,6 +64,7 @@ pub fn run(data: &Path, args: QueryArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let started = std::time::Instant::now();
     let result = runtime.block_on(nublar_lake::query::query(
         &lake, &args.db, &args.sql, &config,
     ));
@@ -72,7 +73,7 @@ pub fn run(data: &Path, args: QueryArgs) -> anyhow::Result<()> {
         Err(QueryError::Sql(message)) => anyhow::bail!("{message}"),
         Err(error) => return Err(error.into()),
     };
-    let bytes = nublar_lake::query::render_within(&result, format, config.result_bytes_max)?;
+    let bytes = nublar_lake::query::render_within(&result, format, &config, started)?;
     match &args.output {
         Some(path) => {
             std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
@@ -214,8 +215,9 @@ async fn answer(
     let config = service.config.clone();
     let ran = service.runtime.spawn(async move {
         let _permit = permit;
+        let started = std::time::Instant::now();
         let result = nublar_lake::query::query(&lake_dir, &db, &sql, &config).await?;
-        let bytes = nublar_lake::query::render_within(&result, format, config.result_bytes_max)?;
+        let bytes = nublar_lake::query::render_within(&result, format, &config, started)?;
         Ok::<_, QueryError>(bytes)
     });
     match ran.await {

@@ -169,6 +169,51 @@ fn log_commands_look_inside_a_directory_without_changing_it() {
 }
 
 #[test]
+fn log_answers_are_bounded_however_much_is_asked() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let _no_forks = FORKS
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let log = Log::open_with(
+            data.path().join("log"),
+            OpenOptions {
+                background: false,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        log.create_topic("notes", TopicConfig::with_partitions(1))
+            .unwrap();
+        // 24 MB of records that print as themselves, more than an answer may hold.
+        let note = "n".repeat(300);
+        for _ in 0..80 {
+            let mut builder = BatchBuilder::new(Compression::Lz4);
+            for _ in 0..1000 {
+                builder.push(None, note.as_bytes(), &[]);
+            }
+            log.append("notes", 0, builder.finish().unwrap()).unwrap();
+        }
+        log.close().unwrap();
+    }
+    let data_arg = data.path().to_str().unwrap();
+    let tail = stdout(&nublar(&[
+        "log", "tail", "notes", "-n", "100000", "--data", data_arg,
+    ]));
+    assert!(
+        tail.len() <= (16 << 20) + 1024,
+        "{} bytes answered",
+        tail.len()
+    );
+    let last = tail.lines().last().unwrap();
+    assert!(last.starts_with("... stopped at offset"), "{last}");
+    assert!(last.contains("nublar log dump notes -p 0 --from"), "{last}");
+    let too_many = nublar(&["log", "tail", "notes", "-n", "100001", "--data", data_arg]);
+    assert!(!too_many.status.success());
+    assert!(String::from_utf8_lossy(&too_many.stderr).contains("100001"));
+}
+
+#[test]
 fn log_commands_refuse_a_directory_a_process_owns() {
     let data = tempfile::tempdir().unwrap();
     fill(data.path());
