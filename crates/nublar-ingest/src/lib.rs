@@ -36,6 +36,7 @@ mod limits;
 mod metrics;
 mod rate;
 mod schema;
+mod tls;
 mod write;
 
 use std::net::{IpAddr, SocketAddr};
@@ -61,6 +62,7 @@ pub use idempotency::IdempotencyConfig;
 pub use limits::IngestConfig;
 pub use metrics::Metrics;
 pub use schema::{ColumnKind, SCHEMAS_TOPIC};
+pub use tls::{Tls, crypto_provider};
 use write::{Dialect, WriteRequest};
 
 /// The topic every accepted request lands in.
@@ -258,16 +260,18 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        self.serve_http_with(listener, Router::new(), shutdown)
+        self.serve_http_with(listener, Router::new(), None, shutdown)
             .await
     }
 
     /// As [`Gateway::serve_http`], with `extra` routes served beside the
-    /// gateway's own (the node's operator API).
+    /// gateway's own (the node's operator API), and over TLS when `tls` is given: each
+    /// connection's handshake must end within the header time-out.
     pub async fn serve_http_with(
         &self,
         listener: TcpListener,
         extra: Router,
+        tls: Option<Arc<Tls>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router().merge(extra);
@@ -301,12 +305,32 @@ impl Gateway {
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout);
-            let connection =
-                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let watched = graceful.watch(connection);
+            // Watched from the start, so that a shutdown also waits for handshakes under way.
+            let watcher = graceful.watcher();
+            let tls = tls.clone();
+            let gateway = self.clone();
             tokio::spawn(async move {
-                let _ = watched.await;
-                drop(permit);
+                let _permit = permit;
+                match tls {
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = watcher.watch(builder.serve_connection(io, service)).await;
+                    }
+                    Some(tls) => {
+                        let handshake = tls.acceptor().accept(stream);
+                        match tokio::time::timeout(header_timeout, handshake).await {
+                            Ok(Ok(stream)) => {
+                                let io = hyper_util::rt::TokioIo::new(stream);
+                                let _ = watcher.watch(builder.serve_connection(io, service)).await;
+                            }
+                            Ok(Err(error)) => {
+                                gateway.inner.metrics.count_tls_handshake_failure();
+                                tracing::debug!(%peer, "TLS handshake failed: {error}");
+                            }
+                            Err(_) => gateway.inner.metrics.count_tls_handshake_failure(),
+                        }
+                    }
+                }
             });
         }
         graceful.shutdown().await;

@@ -60,6 +60,7 @@ pub struct Metrics {
     udp_dropped_total: AtomicU64,
     refused_connections_total: AtomicU64,
     idempotent_replays_total: AtomicU64,
+    tls_handshake_failures_total: AtomicU64,
     dead_letters_total: AtomicU64,
     dead_letters_dropped_total: AtomicU64,
 }
@@ -113,6 +114,12 @@ impl Metrics {
     /// A retry of a stored request, answered without storing it again.
     pub fn count_replay(&self) {
         self.idempotent_replays_total
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A TLS handshake that failed or did not end in time.
+    pub fn count_tls_handshake_failure(&self) {
+        self.tls_handshake_failures_total
             .fetch_add(1, Ordering::Relaxed);
     }
 
@@ -203,6 +210,12 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE nublar_ingest_idempotent_replays_total counter");
         let replays = self.idempotent_replays_total.load(Ordering::Relaxed);
         let _ = writeln!(out, "nublar_ingest_idempotent_replays_total {replays}");
+        let _ = writeln!(
+            out,
+            "# TYPE nublar_http_tls_handshake_failures_total counter"
+        );
+        let failures = self.tls_handshake_failures_total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "nublar_http_tls_handshake_failures_total {failures}");
         out
     }
 }

@@ -43,6 +43,8 @@ pub enum BenchCommand {
     Freshness(crate::bench_freshness::FreshnessArgs),
     /// SQL over a large weather table in a running node, beside DuckDB over the same files.
     Query(crate::bench_query::QueryBenchArgs),
+    /// Ingest over HTTPS beside plain HTTP into one node, rounds alternating.
+    Tls(crate::bench_tls::TlsBenchArgs),
 }
 
 #[derive(Args)]
@@ -107,6 +109,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Alerts(args) => crate::bench_alerts::run(args),
         BenchCommand::Freshness(args) => crate::bench_freshness::run(args),
         BenchCommand::Query(args) => crate::bench_query::run(args),
+        BenchCommand::Tls(args) => crate::bench_tls::run(args),
         BenchCommand::Parse(args) => {
             println!("{}", machine_line());
             let report = nublar_model::bench::parse_throughput(args.lines, args.seconds);

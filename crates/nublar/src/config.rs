@@ -242,6 +242,25 @@ pub struct HttpSection {
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
     pub drain_seconds: u64,
+    /// PEM certificate chain for HTTPS on `listen`; empty: plain HTTP.
+    pub tls_cert: String,
+    /// PEM private key of the certificate.
+    pub tls_key: String,
+}
+
+impl HttpSection {
+    /// The certificate to serve HTTPS with, when `tls_cert` and `tls_key` are set.
+    pub fn tls(&self) -> anyhow::Result<Option<nublar_ingest::Tls>> {
+        match (self.tls_cert.trim(), self.tls_key.trim()) {
+            ("", "") => Ok(None),
+            ("", _) | (_, "") => {
+                anyhow::bail!("http.tls_cert and http.tls_key go together: give both or neither")
+            }
+            (cert, key) => nublar_ingest::Tls::load(Path::new(cert), Path::new(key))
+                .map(Some)
+                .map_err(|error| anyhow::anyhow!("http.tls_cert / http.tls_key: {error}")),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -399,6 +418,8 @@ impl Default for HttpSection {
             header_read_timeout_ms: ingest.header_read_timeout_ms,
             body_read_timeout_ms: ingest.body_read_timeout_ms,
             drain_seconds: 30,
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -746,6 +767,8 @@ mod tests {
             "header_read_timeout_ms",
             "body_read_timeout_ms",
             "drain_seconds",
+            "tls_cert",
+            "tls_key",
             "db",
             "partitions",
             "disk_quota_bytes",

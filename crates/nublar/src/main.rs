@@ -8,6 +8,7 @@ mod bench_freshness;
 mod bench_lake;
 mod bench_processors;
 mod bench_query;
+mod bench_tls;
 mod bfd_command;
 mod config;
 mod demo;

@@ -59,6 +59,12 @@ pub struct ServeArgs {
     /// How long a SIGTERM waits for requests in flight [default: 30].
     #[arg(long, env = "NUBLAR_DRAIN_SECONDS")]
     drain_seconds: Option<u64>,
+    /// PEM certificate chain: serve HTTPS on --http (with --tls-key) [default: plain HTTP].
+    #[arg(long, env = "NUBLAR_TLS_CERT")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "NUBLAR_TLS_KEY")]
+    tls_key: Option<String>,
 }
 
 impl ServeArgs {
@@ -79,6 +85,8 @@ impl ServeArgs {
         );
         set(&mut http.body_read_timeout_ms, self.body_read_timeout_ms);
         set(&mut http.drain_seconds, self.drain_seconds);
+        set(&mut http.tls_cert, self.tls_cert.clone());
+        set(&mut http.tls_key, self.tls_key.clone());
         set(&mut config.udp.listen, self.udp);
         set(&mut config.udp.db, self.udp_db.clone());
         set(&mut config.log.partitions, self.partitions);
@@ -132,12 +140,10 @@ async fn serve(
     let gateway = Gateway::new(bus.clone(), ingest).await?;
     // Registered before anything else can take long: SIGHUP's default action ends the process.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let reloading = tokio::spawn(watch_configuration(
+    let reloading_config = (
         args.config.clone(),
         NodeConfig::load(args.config.as_deref())?,
-        gateway.clone(),
-        hangup,
-    ));
+    );
     // Where consumers stopped at a batch they cannot read, until an operator moves them on.
     let stalls = Arc::new(nublar_bus::Stalls::default());
     {
@@ -194,6 +200,20 @@ async fn serve(
     let http = TcpListener::bind(http_address)
         .await
         .with_context(|| format!("binding HTTP to {http_address}"))?;
+    let tls = node.http.tls()?.map(Arc::new);
+    // With HTTPS, the operator commands of this host (whose client speaks plain HTTP) ask a
+    // plain listener on loopback, which only this host reaches.
+    let local = match &tls {
+        None => None,
+        Some(_) => {
+            let loopback = local_address(http_address);
+            Some(
+                TcpListener::bind(loopback)
+                    .await
+                    .with_context(|| format!("binding the local listener to {loopback}"))?,
+            )
+        }
+    };
     let udp = UdpSocket::bind(udp_address)
         .await
         .with_context(|| format!("binding UDP to {udp_address}"))?;
@@ -209,9 +229,15 @@ async fn serve(
         ));
     }
     let node_file = data.join(crate::log_command::NODE_FILE);
-    let reachable = reachable_address(http.local_addr()?);
-    let announcement =
-        serde_json::json!({ "pid": std::process::id(), "http": reachable.to_string() });
+    let reachable = match &local {
+        Some(local) => local.local_addr()?,
+        None => reachable_address(http.local_addr()?),
+    };
+    let announcement = serde_json::json!({
+        "pid": std::process::id(),
+        "http": reachable.to_string(),
+        "https": tls.as_ref().map(|_| http.local_addr().map(|address| address.to_string())).transpose()?,
+    });
     std::fs::write(&node_file, announcement.to_string())
         .with_context(|| format!("writing {}", node_file.display()))?;
     // Scripts and tests read the bound addresses from this first line.
@@ -221,6 +247,20 @@ async fn serve(
         udp.local_addr()?
     );
     warn_about_access(&access, http.local_addr()?, udp.local_addr()?);
+    let reloading = tokio::spawn(watch_configuration(
+        reloading_config.0,
+        reloading_config.1,
+        gateway.clone(),
+        tls.clone(),
+        hangup,
+    ));
+    if let Some(tls) = &tls {
+        eprintln!(
+            "HTTPS on {} with {}; operator commands of this host on http://{reachable}",
+            http.local_addr()?,
+            tls.cert_path().display()
+        );
+    }
 
     if let Some(speaker) = &bfd {
         let speaker = Arc::downgrade(speaker);
@@ -242,7 +282,7 @@ async fn serve(
         }));
     }
 
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_http, http_stopping) = tokio::sync::watch::channel(false);
     let (stop_udp, udp_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = {
         let gateway = gateway.clone();
@@ -279,15 +319,32 @@ async fn serve(
                     runtime: lake_work.clone(),
                 },
             ));
-        tokio::spawn(async move {
-            gateway
-                .serve_http_with(
-                    http,
-                    operator,
-                    async move { http_stopped.await.unwrap_or(()) },
-                )
-                .await
-        })
+        let local_task = local.map(|local| {
+            let (gateway, operator) = (gateway.clone(), operator.clone());
+            let mut stopped = http_stopping.clone();
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                gateway
+                    .serve_http_with(local, operator, None, stopped)
+                    .await
+            })
+        });
+        let mut stopped = http_stopping.clone();
+        let tls = tls.clone();
+        let main_task = tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            gateway.serve_http_with(http, operator, tls, stopped).await
+        });
+        async move {
+            let _ = main_task.await;
+            if let Some(local_task) = local_task {
+                let _ = local_task.await;
+            }
+        }
     };
     let udp_task = {
         let gateway = gateway.clone();
@@ -309,10 +366,10 @@ async fn serve(
     eprintln!("draining: readiness is false, finishing the requests in flight");
     gateway.start_draining();
     let _ = stop_udp.send(());
-    let _ = stop_http.send(());
+    let _ = stop_http.send(true);
     let drain_seconds = node.http.drain_seconds;
     let drained = tokio::time::timeout(Duration::from_secs(drain_seconds), async {
-        let _ = http_task.await;
+        http_task.await;
         let _ = udp_task.await;
     })
     .await;
@@ -399,6 +456,7 @@ async fn watch_configuration(
     path: Option<PathBuf>,
     at_start: NodeConfig,
     gateway: Gateway,
+    tls: Option<Arc<nublar_ingest::Tls>>,
     mut hangup: tokio::signal::unix::Signal,
 ) {
     let mut seen = path.as_deref().map(|path| std::fs::read(path).ok());
@@ -408,16 +466,35 @@ async fn watch_configuration(
     loop {
         let cause = tokio::select! {
             _ = hangup.recv() => "SIGHUP",
-            _ = poll.tick() => {
-                let Some(path) = &path else { continue };
-                let now = Some(std::fs::read(path).ok());
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                "the file changed"
-            }
+            _ = poll.tick() => "the file changed",
         };
+        // The certificate first: it has files of its own, watched with or without --config.
+        if let Some(tls) = &tls {
+            match tls.reload_if_changed() {
+                Ok(false) => {}
+                Ok(true) => eprintln!(
+                    "{}: TLS certificate reloaded from {}; new connections use it",
+                    if cause == "SIGHUP" {
+                        cause
+                    } else {
+                        "its file changed"
+                    },
+                    tls.cert_path().display()
+                ),
+                Err(error) => {
+                    tracing::error!("TLS certificate not reloaded: {error}");
+                    eprintln!("TLS certificate not reloaded, the one before stays: {error}");
+                }
+            }
+        }
+        if cause != "SIGHUP" {
+            let Some(path) = &path else { continue };
+            let now = Some(std::fs::read(path).ok());
+            if now == seen {
+                continue;
+            }
+            seen = now;
+        }
         let Some(path) = &path else {
             eprintln!("{cause}: no configuration file (--config) to read again");
             continue;
@@ -807,6 +884,15 @@ async fn announce_admin_down(speaker: &Speaker) {
             return;
         }
         tokio::time::sleep(BFD_ADMIN_DOWN_POLL).await;
+    }
+}
+
+/// The loopback address, of the family `listen` is in, where a node serving HTTPS also
+/// serves this host's operator commands in plain HTTP (any free port).
+fn local_address(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        std::net::IpAddr::V4(_) => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0),
+        std::net::IpAddr::V6(_) => SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), 0),
     }
 }
 

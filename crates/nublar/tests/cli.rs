@@ -282,6 +282,40 @@ fn the_log_benchmark_runs_and_cleans_up() {
 /// The BFD sessions benchmark with tiny parameters: two processes bring every session Up, keep
 /// them Up through the window, and report CPU per side; the second process is gone afterwards.
 #[test]
+fn the_tls_benchmark_sends_both_protocols_to_one_node_and_cleans_up() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = nublar(&[
+        "bench",
+        "tls",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--lines",
+        "200",
+        "--concurrency",
+        "2",
+        "--seconds",
+        "0.3",
+        "--rounds",
+        "1",
+    ]);
+    let text = stdout(&output);
+    assert!(text.starts_with("machine: "), "{text}");
+    for protocol in ["round 1: HTTP ", "round 1: HTTPS "] {
+        assert!(text.contains(protocol), "{text}");
+    }
+    let median = text.lines().last().unwrap();
+    assert!(
+        median.starts_with("median: HTTP ") && median.contains("% of HTTP"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).unwrap().count(),
+        0,
+        "the benchmark's folder is gone"
+    );
+}
+
+#[test]
 fn the_bfd_sessions_benchmark_runs_two_processes_without_a_false_down() {
     let output = nublar(&[
         "bench",

@@ -389,3 +389,179 @@ fn tokens_reload_when_the_file_changes_and_a_broken_file_changes_nothing() {
     node.signal(libc::SIGTERM);
     assert!(node.wait_exit(Duration::from_secs(30)).success());
 }
+
+/// A self-signed certificate for this host's names, as PEM files in `dir`.
+fn certificate(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(names).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+/// curl's status code for `url` (000 when the connection or the handshake failed), trusting
+/// only `ca`, and the body.
+fn curl(ca: &Path, url: &str, data: Option<&str>) -> (String, String) {
+    let mut command = Command::new("curl");
+    command
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["-o", "-", "-w", "\n%{http_code}", url]);
+    if let Some(data) = data {
+        command.args(["--data-binary", data]);
+    }
+    let output = command.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_owned(), body.to_owned())
+}
+
+/// A TLS connection kept open, trusting only `ca`, on which requests follow one another.
+struct KeptConnection {
+    stream: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+}
+
+impl KeptConnection {
+    fn open(address: SocketAddr, ca: &Path) -> KeptConnection {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(certificate.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let socket = std::net::TcpStream::connect(address).unwrap();
+        KeptConnection {
+            stream: rustls::StreamOwned::new(connection, socket),
+        }
+    }
+
+    /// `GET /health` on the open connection: its body.
+    fn health(&mut self) -> String {
+        use std::io::{Read, Write};
+        self.stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            self.stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                line.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|n| n.trim().parse().unwrap())
+            })
+            .unwrap();
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
+    }
+}
+
+fn curl_missing() -> Option<String> {
+    match Command::new("curl").arg("--version").output() {
+        Ok(output) if output.status.success() => None,
+        _ => Some("curl is not installed".into()),
+    }
+}
+
+#[test]
+fn https_serves_with_a_certificate_that_changes_without_dropping_connections() {
+    if let Some(reason) = curl_missing() {
+        return skip("the HTTPS test", &reason);
+    }
+    let data = tempfile::tempdir().unwrap();
+    let certificates = tempfile::tempdir().unwrap();
+    let (first, first_key) = certificate(certificates.path(), "first");
+    let (second, second_key) = certificate(certificates.path(), "second");
+    let (served, served_key) = (
+        certificates.path().join("served.pem"),
+        certificates.path().join("served.key"),
+    );
+    std::fs::copy(&first, &served).unwrap();
+    std::fs::copy(&first_key, &served_key).unwrap();
+    let config = format!(
+        "[http]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        served.display(),
+        served_key.display()
+    );
+    let mut node = common::start_node(data.path(), &config, "127.0.0.1:0");
+    let base = format!("https://127.0.0.1:{}", node.http.port());
+    assert_eq!(
+        curl(&first, &format!("{base}/health"), None),
+        ("200".into(), "ok\n".into())
+    );
+    let (status, body) = curl(
+        &first,
+        &format!("{base}/api/v2/write?bucket=park"),
+        Some("gate,gate=g1 open=true"),
+    );
+    assert_eq!(status, "204", "{body}");
+    // Plain HTTP on the HTTPS port gets no answer, and is counted.
+    let (status, _) = curl(
+        &first,
+        &format!("http://127.0.0.1:{}/health", node.http.port()),
+        None,
+    );
+    assert_ne!(status, "200");
+    let mut kept = KeptConnection::open(node.http, &first);
+    assert_eq!(kept.health(), "ok\n");
+
+    // The certificate changes on disk: new handshakes get it, the open connection goes on.
+    std::fs::copy(&second_key, &served_key).unwrap();
+    std::fs::copy(&second, &served).unwrap();
+    let changed = Instant::now();
+    while curl(&second, &format!("{base}/health"), None).0 != "200" {
+        assert!(
+            changed.elapsed() < Duration::from_secs(15),
+            "the new certificate never came"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(
+        curl(&first, &format!("{base}/health"), None).0,
+        "200",
+        "the old one is gone"
+    );
+    assert_eq!(kept.health(), "ok\n", "the open connection was not dropped");
+    // A key that does not belong to the certificate changes nothing.
+    std::fs::copy(&first_key, &served_key).unwrap();
+    node.signal(libc::SIGHUP);
+    let stderr = data.path().join("stderr.txt");
+    let sent = Instant::now();
+    while !std::fs::read_to_string(&stderr)
+        .unwrap()
+        .contains("TLS certificate not reloaded")
+    {
+        assert!(sent.elapsed() < Duration::from_secs(10), "no complaint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(curl(&second, &format!("{base}/health"), None).0, "200");
+    // This host's operator commands go on over the node's plain loopback listener.
+    let topics = common::nublar_ok(data.path().to_str().unwrap(), &["log", "topics"]);
+    assert!(topics.contains("telemetry"), "{topics}");
+    let metrics = curl(&second, &format!("{base}/metrics"), None).1;
+    assert!(
+        metrics.contains("nublar_http_tls_handshake_failures_total")
+            && !metrics.contains("nublar_http_tls_handshake_failures_total 0"),
+        "{metrics}"
+    );
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+}
