@@ -20,7 +20,8 @@
 //! stored line fits the registry. Lines that conflict with it are rejected
 //! like lines that do not parse (`field_type_conflict`,
 //! `column_kind_conflict`, and `too_many_columns` past the registry's bound,
-//! `schema_columns_max` in `IngestConfig`).
+//! `schema_columns_max`, `schema_bytes_max` and `schema_database_bytes_max` in
+//! `IngestConfig`).
 //!
 //! Dead letters (`dead_letters.rs`): topic `_dead_letters`, one partition,
 //! one JSON record per rejected line, `{"db","line_number","reason",
@@ -135,7 +136,12 @@ impl Gateway {
         bus.ensure_topic(DEAD_LETTERS_TOPIC, dead_letters::topic_config())
             .await
             .map_err(StartError::Topic)?;
-        let schemas = schema::SchemaRegistry::open(bus.as_ref(), config.schema_columns_max)
+        let bounds = schema::Bounds {
+            columns_max: config.schema_columns_max,
+            bytes_max: config.schema_bytes_max,
+            database_bytes_max: config.schema_database_bytes_max,
+        };
+        let schemas = schema::SchemaRegistry::open(bus.as_ref(), bounds)
             .await
             .map_err(StartError::Schemas)?;
         // Keys stored before a restart still answer their retries.
@@ -304,7 +310,8 @@ impl Gateway {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout);
+                .header_read_timeout(header_timeout)
+                .max_buf_size(limits::CONNECTION_BUFFER_BYTES_MAX);
             // Watched from the start, so that a shutdown also waits for handshakes under way.
             let watcher = graceful.watcher();
             let tls = tls.clone();
@@ -361,7 +368,7 @@ impl Gateway {
                 self.inner.metrics.count_udp_drop();
                 continue;
             }
-            let Ok(_permit) = write::reserve(&self.inner, length) else {
+            let Ok(mut held) = write::Held::reserve(&self.inner, length) else {
                 self.inner.metrics.count_udp_drop();
                 continue;
             };
@@ -377,7 +384,7 @@ impl Gateway {
                 rate: None,
                 replay: false,
             };
-            if let Err(error) = write::handle(&self.inner, request).await {
+            if let Err(error) = write::handle(&self.inner, request, &mut held).await {
                 self.inner.metrics.count_udp_drop();
                 let now = std::time::Instant::now();
                 if last_warning.is_none_or(|at| now.duration_since(at).as_secs() >= 1) {

@@ -14,6 +14,10 @@ pub const PERMIT_BYTES: usize = 1024;
 pub const UDP_DATAGRAM_BYTES_MAX: usize = 65_535;
 pub const DATABASE_NAME_BYTES_MAX: usize = 64;
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+/// The most a connection buffers of what it reads (headers, or a body's next part): a
+/// request's headers must fit it (431 beyond), and it bounds what an open connection holds
+/// besides its request.
+pub const CONNECTION_BUFFER_BYTES_MAX: usize = 64 * 1024;
 /// Open HTTP connections at once; past it new connections are closed at once.
 pub const CONNECTIONS_DEFAULT: usize = 4096;
 /// A client has this long to send a request's headers (also between requests
@@ -25,6 +29,11 @@ pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// is rejected (`too_many_columns`). A constant rather than an option: it
 /// bounds memory, and a deployment that needs more has a schema problem.
 pub const SCHEMA_COLUMNS_DEFAULT: usize = 100_000;
+/// Bytes of names the schema registry holds in all (each column counts its database,
+/// measurement and column names and `schema::COLUMN_OVERHEAD_BYTES`), and one database's
+/// share of them, so that one database's writes cannot fill the registry for the others.
+pub const SCHEMA_BYTES_DEFAULT: usize = 64 << 20;
+pub const SCHEMA_DATABASE_BYTES_DEFAULT: usize = 16 << 20;
 /// Rejected lines kept as dead letters per request; the rest are counted.
 pub const DEAD_LETTERS_PER_REQUEST_DEFAULT: usize = 100;
 /// Dead letters kept per sender address per second (a token bucket of this
@@ -42,6 +51,7 @@ pub const IDEMPOTENCY_KEYS_DEFAULT: usize = 200_000;
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 const _: () = assert!(BODY_BYTES_DEFAULT <= DECOMPRESSED_BYTES_DEFAULT);
+const _: () = assert!(SCHEMA_DATABASE_BYTES_DEFAULT <= SCHEMA_BYTES_DEFAULT);
 // Dead letters are taken from the lines a response details.
 const _: () = assert!(DEAD_LETTERS_PER_REQUEST_DEFAULT <= REJECTED_LINES_REPORTED_MAX);
 const _: () = assert!(DECOMPRESSED_BYTES_DEFAULT <= IN_FLIGHT_BYTES_DEFAULT);
@@ -72,6 +82,9 @@ pub struct IngestConfig {
     /// Columns the schema registry remembers over all tables; past it, new
     /// columns are rejected (`too_many_columns`).
     pub schema_columns_max: usize,
+    /// Bytes of names the registry holds in all, and per database.
+    pub schema_bytes_max: usize,
+    pub schema_database_bytes_max: usize,
     pub idempotency: crate::idempotency::IdempotencyConfig,
 }
 
@@ -90,6 +103,8 @@ impl Default for IngestConfig {
             dead_letters_per_request_max: DEAD_LETTERS_PER_REQUEST_DEFAULT,
             dead_letters_per_sender_per_second: DEAD_LETTERS_PER_SENDER_PER_SECOND_DEFAULT,
             schema_columns_max: SCHEMA_COLUMNS_DEFAULT,
+            schema_bytes_max: SCHEMA_BYTES_DEFAULT,
+            schema_database_bytes_max: SCHEMA_DATABASE_BYTES_DEFAULT,
             idempotency: crate::idempotency::IdempotencyConfig::default(),
         }
     }
@@ -110,6 +125,11 @@ impl IngestConfig {
         }
         if self.schema_columns_max == 0 {
             return Err("schema_columns_max must be at least 1".into());
+        }
+        if self.schema_database_bytes_max == 0
+            || self.schema_database_bytes_max > self.schema_bytes_max
+        {
+            return Err("schema database_bytes_max must be 1..=bytes_max".into());
         }
         if self.connections_max == 0 {
             return Err("connections_max must be at least 1".into());

@@ -43,19 +43,61 @@ pub enum ColumnKind {
     Field(FieldType),
 }
 
-/// Why a line does not fit the schema, borrowing its names from the line.
-pub(crate) struct Conflict<'a> {
-    /// Index of the line in the slice that was checked.
-    pub index: usize,
+/// Why a line does not fit the schema.
+#[derive(Debug)]
+pub(crate) struct LineConflict {
     /// The metric label and dead letter reason.
     pub reason: &'static str,
-    db: &'a str,
-    measurement: &'a str,
-    column: &'a str,
-    /// What the registry says; `None` when the column is new but the
-    /// registry is full.
-    known: Option<ColumnKind>,
-    got: ColumnKind,
+    /// What the client is told: the column, its table and database, what the registry knows
+    /// and what the line has.
+    pub message: String,
+}
+
+/// The columns a request introduces, in the order it introduces them: registered together
+/// before its batch is appended, so that a request that stores nothing registers nothing.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// measurement → column → kind.
+    tables: HashMap<String, HashMap<String, ColumnKind>>,
+    columns: Vec<(String, String, ColumnKind)>,
+    bytes: usize,
+}
+
+impl Pending {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    fn get(&self, measurement: &str, column: &str) -> Option<ColumnKind> {
+        self.tables.get(measurement)?.get(column).copied()
+    }
+}
+
+/// What registering a request's columns came to.
+pub(crate) enum Registered {
+    Done,
+    /// Another request (or gateway) registered one of the columns first with another kind,
+    /// or filled the registry, while this request was being read: its lines were checked
+    /// against a schema that no longer holds. Nothing of it may be stored; sent again, it is
+    /// checked against the schema as it is now.
+    Raced(String),
+}
+
+/// What a column costs the registry beyond its names: its entries in the maps, about.
+pub const COLUMN_OVERHEAD_BYTES: usize = 96;
+
+/// What registering a column counts against the registry's byte bounds.
+fn column_cost(db: &str, measurement: &str, column: &str) -> usize {
+    db.len() + measurement.len() + column.len() + COLUMN_OVERHEAD_BYTES
+}
+
+/// The registry's bounds: columns in all, bytes in all, and bytes per database, so that one
+/// database's writes cannot fill it for the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    pub columns_max: usize,
+    pub bytes_max: usize,
+    pub database_bytes_max: usize,
 }
 
 pub(crate) const FIELD_TYPE_CONFLICT: &str = "field_type_conflict";
@@ -68,16 +110,51 @@ pub(crate) struct SchemaRegistry {
     known: RwLock<Known>,
     /// Held while registering; holds the next offset of `_schemas` to read.
     registering: tokio::sync::Mutex<i64>,
-    columns_max: usize,
+    bounds: Bounds,
 }
 
 #[derive(Default)]
 struct Known {
-    /// db → measurement → column → kind.
-    databases: HashMap<String, HashMap<String, HashMap<String, ColumnKind>>>,
+    databases: HashMap<String, Database>,
     columns: usize,
-    /// Whether a record was already ignored for the bound (warned once).
+    bytes: usize,
+    /// Whether a record was already ignored for a bound (warned once).
     full_warned: bool,
+}
+
+#[derive(Default)]
+struct Database {
+    /// measurement → column → kind.
+    tables: HashMap<String, HashMap<String, ColumnKind>>,
+    bytes: usize,
+}
+
+impl Known {
+    fn database_bytes(&self, db: &str) -> usize {
+        self.databases.get(db).map_or(0, |database| database.bytes)
+    }
+
+    /// Why `count` more columns costing `bytes` (of database `db`) do not fit, if they do not.
+    fn room(&self, bounds: &Bounds, db: &str, count: usize, bytes: usize) -> Option<String> {
+        if self.columns + count > bounds.columns_max {
+            Some(format!(
+                "the schema registry holds its maximum of {} columns",
+                bounds.columns_max
+            ))
+        } else if self.bytes + bytes > bounds.bytes_max {
+            Some(format!(
+                "the schema registry holds its maximum of {} bytes of names",
+                bounds.bytes_max
+            ))
+        } else if self.database_bytes(db) + bytes > bounds.database_bytes_max {
+            Some(format!(
+                "database {db:?} holds its share of the schema registry, {} bytes of names",
+                bounds.database_bytes_max
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// One record of `_schemas`, as stored.
@@ -99,13 +176,6 @@ struct SchemaRecord<'a> {
     field_type: Option<&'a str>,
 }
 
-/// What one check found: the lines that do not fit, and the columns the
-/// fitting lines would add, in the order the request introduces them.
-struct Verdict<'a> {
-    conflicts: Vec<Conflict<'a>>,
-    new_columns: Vec<(&'a str, &'a str, ColumnKind)>,
-}
-
 /// Bytes asked of the bus per read while catching up.
 const READ_BYTES: usize = 1 << 20;
 
@@ -123,13 +193,13 @@ impl SchemaRegistry {
     }
 
     /// Creates the topic if needed and reads it from the start.
-    pub(crate) async fn open(bus: &dyn Bus, columns_max: usize) -> Result<Self, BusError> {
+    pub(crate) async fn open(bus: &dyn Bus, bounds: Bounds) -> Result<Self, BusError> {
         bus.ensure_topic(SCHEMAS_TOPIC, Self::topic_config())
             .await?;
         let registry = SchemaRegistry {
             known: RwLock::new(Known::default()),
             registering: tokio::sync::Mutex::new(0),
-            columns_max,
+            bounds,
         };
         {
             let mut next = registry.registering.lock().await;
@@ -138,36 +208,138 @@ impl SchemaRegistry {
         Ok(registry)
     }
 
-    /// Checks `lines` (with their line numbers) against the registry and
-    /// registers the columns the fitting lines introduce, the first line of
-    /// the request deciding for a column new in it. Returns the lines that
-    /// do not fit. With `all_or_nothing`, a request with any line that does
-    /// not fit stores nothing, so it registers nothing either. A column
-    /// registered by a request whose batch then fails to append stays
-    /// registered: the first request to get that far decided its type.
-    pub(crate) async fn check_and_register<'a>(
+    /// Checks one line against the registry and the columns its request introduced before
+    /// it (`pending`), adding the columns it introduces: the first line of a request to use
+    /// a column new to the registry decides its kind.
+    pub(crate) fn check_line(
+        &self,
+        db: &str,
+        line: &ParsedLine<'_>,
+        pending: &mut Pending,
+    ) -> Result<(), LineConflict> {
+        let known = self.known.read().unwrap();
+        let measurement: &str = &line.measurement;
+        let table = known
+            .databases
+            .get(db)
+            .and_then(|database| database.tables.get(measurement));
+        let columns = line
+            .tags
+            .iter()
+            .map(|tag| (tag.key.as_ref(), ColumnKind::Tag))
+            .chain(line.fields.iter().map(|field| {
+                (
+                    field.key.as_ref(),
+                    ColumnKind::Field(field.value.field_type()),
+                )
+            }));
+        // The new columns of this line, found without allocating for the usual line, whose
+        // columns are all known.
+        let mut new: Vec<(&str, ColumnKind)> = Vec::new();
+        for (column, got) in columns {
+            let known_kind = table
+                .and_then(|table| table.get(column).copied())
+                .or_else(|| pending.get(measurement, column));
+            match known_kind {
+                Some(kind) if kind == got => {}
+                Some(kind) => {
+                    let reason = match (kind, got) {
+                        (ColumnKind::Field(_), ColumnKind::Field(_)) => FIELD_TYPE_CONFLICT,
+                        _ => COLUMN_KIND_CONFLICT,
+                    };
+                    return Err(LineConflict {
+                        reason,
+                        message: conflict_message(db, measurement, column, kind, got),
+                    });
+                }
+                None if new.iter().any(|(seen, _)| *seen == column) => {}
+                None => new.push((column, got)),
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let cost: usize = new
+            .iter()
+            .map(|(column, _)| column_cost(db, measurement, column))
+            .sum();
+        if let Some(full) = known.room(
+            &self.bounds,
+            db,
+            pending.columns.len() + new.len(),
+            pending.bytes + cost,
+        ) {
+            let (column, _) = new[0];
+            return Err(LineConflict {
+                reason: TOO_MANY_COLUMNS,
+                message: format!(
+                    "column {column:?} of measurement {measurement:?} in database {db:?} is new, \
+                     but {full}; no new column is accepted"
+                ),
+            });
+        }
+        drop(known);
+        for (column, kind) in new {
+            pending
+                .tables
+                .entry(measurement.to_owned())
+                .or_default()
+                .insert(column.to_owned(), kind);
+            pending
+                .columns
+                .push((measurement.to_owned(), column.to_owned(), kind));
+        }
+        pending.bytes += cost;
+        Ok(())
+    }
+
+    /// Registers the columns a request introduced, before its batch is appended. Catches up
+    /// with the topic first (another request or gateway may have registered some of them),
+    /// and again after appending (a racing gateway's record appended just before ours wins):
+    /// if either shows a column of another kind, or the registry full, the request was
+    /// checked against a schema that no longer holds.
+    pub(crate) async fn register(
         &self,
         bus: &dyn Bus,
-        db: &'a str,
-        lines: &'a [(usize, ParsedLine<'_>)],
-        all_or_nothing: bool,
-    ) -> Result<Vec<Conflict<'a>>, BusError> {
-        let verdict = self.check(db, lines, true);
-        let nothing_to_store = all_or_nothing && !verdict.conflicts.is_empty();
-        if verdict.new_columns.is_empty() || nothing_to_store {
-            return Ok(verdict.conflicts);
+        db: &str,
+        pending: &Pending,
+    ) -> Result<Registered, BusError> {
+        if pending.is_empty() {
+            return Ok(Registered::Done);
         }
         let mut next = self.registering.lock().await;
-        // Another request, or another gateway, may have registered some of
-        // these columns since the check above.
         self.catch_up(bus, &mut next).await?;
-        let verdict = self.check(db, lines, true);
-        let nothing_to_store = all_or_nothing && !verdict.conflicts.is_empty();
-        if verdict.new_columns.is_empty() || nothing_to_store {
-            return Ok(verdict.conflicts);
+        let mut missing = Vec::new();
+        {
+            let known = self.known.read().unwrap();
+            let mut bytes = 0;
+            for (measurement, column, kind) in &pending.columns {
+                match known.get(db, measurement, column) {
+                    Some(registered) if registered == *kind => {}
+                    Some(registered) => {
+                        return Ok(Registered::Raced(conflict_message(
+                            db,
+                            measurement,
+                            column,
+                            registered,
+                            *kind,
+                        )));
+                    }
+                    None => {
+                        bytes += column_cost(db, measurement, column);
+                        missing.push((measurement, column, *kind));
+                    }
+                }
+            }
+            if let Some(full) = known.room(&self.bounds, db, missing.len(), bytes) {
+                return Ok(Registered::Raced(full));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(Registered::Done);
         }
         let mut builder = BatchBuilder::new(Compression::None);
-        for &(measurement, column, kind) in &verdict.new_columns {
+        for (measurement, column, kind) in missing {
             let (kind, field_type) = match kind {
                 ColumnKind::Tag => ("tag", None),
                 ColumnKind::Field(field_type) => {
@@ -176,8 +348,8 @@ impl SchemaRegistry {
             };
             let record = SchemaRecord {
                 db: db.into(),
-                measurement: measurement.into(),
-                column: column.into(),
+                measurement: measurement.as_str().into(),
+                column: column.as_str().into(),
                 kind,
                 field_type,
             };
@@ -188,10 +360,29 @@ impl SchemaRegistry {
             .finish()
             .map_err(|error| BusError::Invalid(format!("schema registrations: {error}")))?;
         bus.append(SCHEMAS_TOPIC, 0, batch).await?;
-        // Read our own records back in log order: a racing gateway's record
-        // for the same column, appended just before ours, wins over ours.
         self.catch_up(bus, &mut next).await?;
-        Ok(self.check(db, lines, false).conflicts)
+        let known = self.known.read().unwrap();
+        for (measurement, column, kind) in &pending.columns {
+            match known.get(db, measurement, column) {
+                Some(registered) if registered == *kind => {}
+                Some(registered) => {
+                    return Ok(Registered::Raced(conflict_message(
+                        db,
+                        measurement,
+                        column,
+                        registered,
+                        *kind,
+                    )));
+                }
+                None => {
+                    return Ok(Registered::Raced(format!(
+                        "the schema registry filled before column {column:?} of \
+                         {measurement:?} could be registered"
+                    )));
+                }
+            }
+        }
+        Ok(Registered::Done)
     }
 
     /// The type a field is known to have, for decoders that must choose
@@ -203,97 +394,10 @@ impl SchemaRegistry {
         field: &str,
     ) -> Option<nublar_model::FieldType> {
         let known = self.known.read().unwrap();
-        match known.databases.get(db)?.get(measurement)?.get(field)? {
-            ColumnKind::Field(field_type) => Some(*field_type),
+        match known.get(db, measurement, field)? {
+            ColumnKind::Field(field_type) => Some(field_type),
             ColumnKind::Tag => None,
         }
-    }
-
-    /// The lines that do not fit the schema as known now, registering
-    /// nothing: for a request that stores nothing anyway.
-    pub(crate) fn check_only<'a>(
-        &self,
-        db: &'a str,
-        lines: &'a [(usize, ParsedLine<'_>)],
-    ) -> Vec<Conflict<'a>> {
-        self.check(db, lines, true).conflicts
-    }
-
-    /// Checks without registering. With `allow_new` false a column still
-    /// unknown (only possible when the registry is full) rejects its line.
-    fn check<'a>(
-        &self,
-        db: &'a str,
-        lines: &'a [(usize, ParsedLine<'_>)],
-        allow_new: bool,
-    ) -> Verdict<'a> {
-        let known = self.known.read().unwrap();
-        let tables = known.databases.get(db);
-        let mut pending: HashMap<(&'a str, &'a str), ColumnKind> = HashMap::new();
-        let mut verdict = Verdict {
-            conflicts: Vec::new(),
-            new_columns: Vec::new(),
-        };
-        let mut line_new: Vec<(&'a str, &'a str, ColumnKind)> = Vec::new();
-        for (index, (_, line)) in lines.iter().enumerate() {
-            let measurement: &'a str = &line.measurement;
-            let table = tables.and_then(|tables| tables.get(measurement));
-            let lookup = |column: &str| {
-                table
-                    .and_then(|table| table.get(column).copied())
-                    .or_else(|| pending.get(&(measurement, column)).copied())
-            };
-            line_new.clear();
-            let mut conflict = None;
-            let columns = line
-                .tags
-                .iter()
-                .map(|tag| (tag.key.as_ref(), ColumnKind::Tag))
-                .chain(line.fields.iter().map(|field| {
-                    (
-                        field.key.as_ref(),
-                        ColumnKind::Field(field.value.field_type()),
-                    )
-                }));
-            for (column, got) in columns {
-                match lookup(column) {
-                    Some(known) if known == got => {}
-                    Some(known) => {
-                        let reason = match (known, got) {
-                            (ColumnKind::Field(_), ColumnKind::Field(_)) => FIELD_TYPE_CONFLICT,
-                            _ => COLUMN_KIND_CONFLICT,
-                        };
-                        conflict = Some((reason, column, Some(known), got));
-                        break;
-                    }
-                    None => line_new.push((measurement, column, got)),
-                }
-            }
-            if conflict.is_none()
-                && let Some(&(_, column, got)) = line_new.first()
-                && (!allow_new || known.columns + pending.len() + line_new.len() > self.columns_max)
-            {
-                conflict = Some((TOO_MANY_COLUMNS, column, None, got));
-            }
-            match conflict {
-                Some((reason, column, known, got)) => verdict.conflicts.push(Conflict {
-                    index,
-                    reason,
-                    db,
-                    measurement,
-                    column,
-                    known,
-                    got,
-                }),
-                None => {
-                    for &(measurement, column, kind) in &line_new {
-                        pending.insert((measurement, column), kind);
-                        verdict.new_columns.push((measurement, column, kind));
-                    }
-                }
-            }
-        }
-        verdict
     }
 
     /// Applies the records of `_schemas` from `*next` to its end.
@@ -313,7 +417,7 @@ impl SchemaRegistry {
                 for record in records.iter() {
                     let record = record.map_err(corrupt)?;
                     if record.offset >= *next {
-                        known.apply(record.value, self.columns_max);
+                        known.apply(record.value, &self.bounds);
                     }
                 }
                 *next = (*next).max(view.next_offset());
@@ -327,6 +431,7 @@ impl Known {
     fn get(&self, db: &str, measurement: &str, column: &str) -> Option<ColumnKind> {
         self.databases
             .get(db)?
+            .tables
             .get(measurement)?
             .get(column)
             .copied()
@@ -335,7 +440,7 @@ impl Known {
     /// One record of `_schemas`: the first registration of a column wins.
     /// A record that does not parse is skipped with a warning rather than
     /// stopping the gateway: it registers nothing for anyone.
-    fn apply(&mut self, value: &[u8], columns_max: usize) {
+    fn apply(&mut self, value: &[u8], bounds: &Bounds) {
         let Some((record, kind)) = serde_json::from_slice::<SchemaRecord<'_>>(value)
             .ok()
             .and_then(|record| {
@@ -359,69 +464,52 @@ impl Known {
         {
             return;
         }
-        if self.columns >= columns_max {
+        let cost = column_cost(&record.db, &record.measurement, &record.column);
+        if let Some(full) = self.room(bounds, &record.db, 1, cost) {
             if !self.full_warned {
                 tracing::warn!(
-                    "the schema registry holds its maximum of {columns_max} columns; \
-                     further columns are ignored and writes introducing them rejected"
+                    "{full}; further columns are ignored and writes introducing them rejected"
                 );
                 self.full_warned = true;
             }
             return;
         }
-        self.databases
-            .entry(record.db.into_owned())
-            .or_default()
+        let database = self.databases.entry(record.db.into_owned()).or_default();
+        database
+            .tables
             .entry(record.measurement.into_owned())
             .or_default()
             .insert(record.column.into_owned(), kind);
+        database.bytes += cost;
         self.columns += 1;
+        self.bytes += cost;
     }
 }
 
-impl Conflict<'_> {
-    /// The reason given to the client, naming the column, its table and
-    /// database, what the registry knows and what the line has.
-    pub(crate) fn message(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl fmt::Display for Conflict<'_> {
-    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Conflict {
-            db,
-            measurement,
-            column,
-            known,
-            got,
-            ..
-        } = self;
-        match (known, got) {
-            (Some(ColumnKind::Field(known)), ColumnKind::Field(got)) => write!(
-                out,
-                "field {column:?} of measurement {measurement:?} is {} in database {db:?}; \
-                 got {}",
-                known.name(),
-                got.name()
-            ),
-            (Some(ColumnKind::Field(known)), ColumnKind::Tag) => write!(
-                out,
-                "tag {column:?} of measurement {measurement:?} is a field ({}) in database \
-                 {db:?}; a key cannot be both tag and field",
-                known.name()
-            ),
-            (Some(ColumnKind::Tag), _) => write!(
-                out,
-                "field {column:?} of measurement {measurement:?} is a tag in database {db:?}; \
-                 a key cannot be both tag and field"
-            ),
-            (None, _) => write!(
-                out,
-                "column {column:?} of measurement {measurement:?} in database {db:?} is new, \
-                 but the schema registry is full; no new column is accepted"
-            ),
-        }
+/// What the client is told when `column` of `measurement` in `db` is `known` to the
+/// registry and the line has `got`.
+fn conflict_message(
+    db: &str,
+    measurement: &str,
+    column: &str,
+    known: ColumnKind,
+    got: ColumnKind,
+) -> String {
+    match (known, got) {
+        (ColumnKind::Field(known), ColumnKind::Field(got)) => format!(
+            "field {column:?} of measurement {measurement:?} is {} in database {db:?}; got {}",
+            known.name(),
+            got.name()
+        ),
+        (ColumnKind::Field(known), ColumnKind::Tag) => format!(
+            "tag {column:?} of measurement {measurement:?} is a field ({}) in database \
+             {db:?}; a key cannot be both tag and field",
+            known.name()
+        ),
+        (ColumnKind::Tag, _) => format!(
+            "field {column:?} of measurement {measurement:?} is a tag in database {db:?}; \
+             a key cannot be both tag and field"
+        ),
     }
 }
 
@@ -448,44 +536,66 @@ mod tests {
         EmbeddedBus::new(nublar_log::Log::open(dir.path()).unwrap()).into_shared()
     }
 
-    /// (line number, reason) of each conflict.
+    fn bounds(columns_max: usize) -> Bounds {
+        Bounds {
+            columns_max,
+            bytes_max: usize::MAX / 2,
+            database_bytes_max: usize::MAX / 2,
+        }
+    }
+
+    /// (line number, reason) of each conflict, as a request gets them: every line checked,
+    /// then its new columns registered; a request that raced another is sent again.
     async fn register(
         registry: &SchemaRegistry,
         bus: &Arc<dyn Bus>,
         db: &str,
         body: &str,
     ) -> Vec<(usize, &'static str)> {
-        let lines = parse(body);
-        registry
-            .check_and_register(bus.as_ref(), db, &lines, false)
-            .await
-            .unwrap()
-            .iter()
-            .map(|conflict| (lines[conflict.index].0, conflict.reason))
-            .collect()
+        for _ in 0..2 {
+            let (conflicts, pending) = check(registry, db, body);
+            match registry.register(bus.as_ref(), db, &pending).await.unwrap() {
+                Registered::Done => return conflicts,
+                Registered::Raced(_) => continue,
+            }
+        }
+        panic!("raced twice")
+    }
+
+    fn check(
+        registry: &SchemaRegistry,
+        db: &str,
+        body: &str,
+    ) -> (Vec<(usize, &'static str)>, Pending) {
+        let mut pending = Pending::default();
+        let mut conflicts = Vec::new();
+        for (number, line) in parse(body) {
+            if let Err(conflict) = registry.check_line(db, &line, &mut pending) {
+                conflicts.push((number, conflict.reason));
+            }
+        }
+        (conflicts, pending)
     }
 
     #[tokio::test]
     async fn past_the_column_bound_new_columns_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let bus = bus(&dir);
-        let registry = SchemaRegistry::open(bus.as_ref(), 3).await.unwrap();
+        let registry = SchemaRegistry::open(bus.as_ref(), bounds(3)).await.unwrap();
         let body = "m,t=a f=1 1\nm g=1,h=2 2\nm f=2,g=3 3\nm,t=b f=3 4\nn x=1 5\n";
         let conflicts = register(&registry, &bus, "db", body).await;
         // Lines 1 and 3 bring three columns; 2 and 5 would pass the bound.
         assert_eq!(conflicts, [(2, TOO_MANY_COLUMNS), (5, TOO_MANY_COLUMNS)]);
-        let lines = parse("n x=1 5\n");
-        let conflicts = registry
-            .check_and_register(bus.as_ref(), "db", &lines, false)
-            .await
-            .unwrap();
+        let mut pending = Pending::default();
+        let line = parse("n x=1 5\n").remove(0).1;
+        let conflict = registry.check_line("db", &line, &mut pending).unwrap_err();
         assert!(
-            conflicts[0].message().contains("schema registry is full"),
+            conflict.message.contains("maximum of 3 columns"),
             "{}",
-            conflicts[0].message()
+            conflict.message
         );
         // Read back with the same bound, the registry holds the same columns.
-        let reopened = SchemaRegistry::open(bus.as_ref(), 3).await.unwrap();
+        let reopened = SchemaRegistry::open(bus.as_ref(), bounds(3)).await.unwrap();
         assert_eq!(reopened.known.read().unwrap().columns, 3);
         assert_eq!(
             register(&reopened, &bus, "db", "m,t=c f=4,g=5 6\n").await,
@@ -497,7 +607,9 @@ mod tests {
     async fn the_first_registration_in_log_order_wins_over_a_racing_one() {
         let dir = tempfile::tempdir().unwrap();
         let bus = bus(&dir);
-        let registry = SchemaRegistry::open(bus.as_ref(), 100).await.unwrap();
+        let registry = SchemaRegistry::open(bus.as_ref(), bounds(100))
+            .await
+            .unwrap();
         // What two gateways racing on a shared bus can leave: the same column
         // registered twice, with different types, and a malformed record.
         let mut builder = BatchBuilder::new(Compression::None);
@@ -518,7 +630,9 @@ mod tests {
             register(&registry, &bus, "d", "m f=1.5 1\nm f=2i,g=1.5 2\n").await,
             [(1, FIELD_TYPE_CONFLICT)]
         );
-        let reopened = SchemaRegistry::open(bus.as_ref(), 100).await.unwrap();
+        let reopened = SchemaRegistry::open(bus.as_ref(), bounds(100))
+            .await
+            .unwrap();
         let known = reopened.known.read().unwrap();
         assert_eq!(
             known.get("d", "m", "f"),
@@ -529,5 +643,47 @@ mod tests {
             Some(ColumnKind::Field(FieldType::F64))
         );
         assert_eq!(known.columns, 2);
+    }
+
+    #[tokio::test]
+    async fn names_are_bounded_in_bytes_and_each_database_has_its_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = bus(&dir);
+        let bounds = Bounds {
+            columns_max: 100_000,
+            bytes_max: 40 * 1024,
+            database_bytes_max: 16 * 1024,
+        };
+        let registry = SchemaRegistry::open(bus.as_ref(), bounds).await.unwrap();
+        // Columns of 1 KiB names: a database's share is about fifteen of them.
+        let wide = |index: usize| format!("m {}{index}=1 1\n", "c".repeat(1024));
+        let body: String = (0..20).map(wide).collect();
+        let conflicts = register(&registry, &bus, "a", &body).await;
+        let refused = conflicts.len();
+        assert!((4..=6).contains(&refused), "{conflicts:?}");
+        let (_, pending) = check(&registry, "a", &wide(99));
+        assert!(pending.is_empty());
+        let mut pending = Pending::default();
+        let text = wide(99);
+        let line = parse(&text).remove(0).1;
+        let message = registry
+            .check_line("a", &line, &mut pending)
+            .unwrap_err()
+            .message;
+        assert!(
+            message.contains("share of the schema registry"),
+            "{message}"
+        );
+        // Another database still has its own.
+        assert_eq!(register(&registry, &bus, "b", &wide(1)).await, []);
+        // All together are bounded too.
+        for db in ["c", "d"] {
+            register(&registry, &bus, db, &body).await;
+        }
+        let bytes = registry.known.read().unwrap().bytes;
+        assert!(bytes <= bounds.bytes_max, "{bytes}");
+        // What the registry read back from the bus obeys the same bounds.
+        let reopened = SchemaRegistry::open(bus.as_ref(), bounds).await.unwrap();
+        assert!(reopened.known.read().unwrap().bytes <= bounds.bytes_max);
     }
 }

@@ -2,6 +2,7 @@
 //! decompress, parse and validate every line, append the accepted lines as
 //! one batch, and answer in the dialect of the endpoint that was called.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +11,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nublar_bus::{BATCH_RECORDS_BYTES_MAX, BatchBuilder, BusError, Compression, Fingerprint};
-use nublar_model::{ParseLimits, Precision, parse_lines, stored};
+use nublar_model::json::EventsError;
+use nublar_model::{ParseLimits, ParsedLine, Precision, parse_lines, stored};
 use serde_json::json;
 
 use crate::auth::Action;
@@ -19,6 +21,7 @@ use crate::limits::{
     DATABASE_NAME_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX, PERMIT_BYTES, REJECTED_LINES_REPORTED_MAX,
     RETRY_AFTER_SECONDS,
 };
+use crate::schema::Registered;
 use crate::{Inner, TELEMETRY_TOPIC, dead_letters};
 
 /// Which API's error shapes a response uses.
@@ -224,11 +227,8 @@ async fn write_admitted(
         .and_then(|length| length.to_str().ok()?.parse::<usize>().ok())
         .unwrap_or(inner.config.body_bytes_max)
         .min(inner.config.body_bytes_max);
-    let mut permit = reserve(inner, declared)?;
-    let (body, sent_digest) = read_body(inner, headers, body).await?;
-    if body.len() > declared {
-        permit.merge(reserve(inner, body.len() - declared)?);
-    }
+    let mut held = Held::reserve(inner, declared)?;
+    let (body, sent_digest) = read_body(inner, headers, body, &mut held).await?;
     let idempotency_key = match headers.get("idempotency-key").map(HeaderValue::to_str) {
         None => None,
         Some(Ok(key)) if !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_BYTES_MAX => {
@@ -295,8 +295,8 @@ async fn write_admitted(
         rate: admitted.rate,
         replay,
     };
-    let result = handle(inner, request).await;
-    drop(permit);
+    let result = handle(inner, request, &mut held).await;
+    drop(held);
     let stored = match &result {
         Ok(()) => true,
         Err(failure) => failure.stored,
@@ -361,11 +361,12 @@ pub(crate) fn reserve(
 }
 
 /// The body within its limits, decompressed when the client says gzip, and a
-/// digest of it as sent.
+/// digest of it as sent. What decompression makes is charged to `held` as it comes.
 async fn read_body(
     inner: &Inner,
     headers: &HeaderMap,
     body: Body,
+    held: &mut Held<'_>,
 ) -> Result<(Vec<u8>, u128), WriteFailure> {
     let limit = inner.config.body_bytes_max;
     let too_large = || {
@@ -374,18 +375,37 @@ async fn read_body(
             format!("request body is larger than {limit} bytes"),
         )
     };
-    if let Some(length) = headers.get(header::CONTENT_LENGTH)
-        && let Some(length) = length
-            .to_str()
-            .ok()
-            .and_then(|text| text.parse::<usize>().ok())
-        && length > limit
-    {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
         return Err(too_large());
     }
     let timeout = std::time::Duration::from_millis(inner.config.body_read_timeout_ms);
-    let reading = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await;
-    let Ok(reading) = reading else {
+    // Read into one buffer as the frames come: no list of chunks, no copy at the end.
+    let reading = tokio::time::timeout(timeout, async move {
+        use http_body_util::BodyExt;
+        let mut body = body;
+        let mut raw = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| {
+                // A client that went away or sent a broken chunked encoding.
+                WriteFailure::plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the body failed: {error}"),
+                )
+            })?;
+            if let Some(data) = frame.data_ref() {
+                if raw.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                raw.extend_from_slice(data);
+            }
+        }
+        Ok(raw)
+    })
+    .await;
+    let Ok(raw) = reading else {
         return Err(WriteFailure::plain(
             StatusCode::REQUEST_TIMEOUT,
             format!(
@@ -394,45 +414,47 @@ async fn read_body(
             ),
         ));
     };
-    let raw = reading.map_err(|error| {
-        // The only error a local body meets besides the limit is a client
-        // that went away or sent a broken chunked encoding.
-        if std::error::Error::source(&error)
-            .is_some_and(|source| source.to_string().contains("length limit"))
-        {
-            too_large()
-        } else {
-            WriteFailure::plain(
-                StatusCode::BAD_REQUEST,
-                format!("reading the body failed: {error}"),
-            )
-        }
-    })?;
+    let raw = raw?;
     inner.metrics.count_bytes(raw.len());
     let sent_digest = xxhash_rust::xxh3::xxh3_128(&raw);
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|value| value.to_str().ok());
     match encoding.map(str::trim) {
-        None | Some("") | Some("identity") => Ok((raw.to_vec(), sent_digest)),
+        None | Some("") | Some("identity") => {
+            held.shrink_to(raw.len());
+            Ok((raw, sent_digest))
+        }
         Some("gzip") => {
             let limit = inner.config.decompressed_bytes_max;
+            let mut decoder = flate2::read::GzDecoder::new(&raw[..]);
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&raw[..])
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|error| {
-                    WriteFailure::plain(
-                        StatusCode::BAD_REQUEST,
-                        format!("invalid gzip body: {error}"),
-                    )
-                })?;
-            if out.len() > limit {
-                return Err(WriteFailure::plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("decompressed body is larger than {limit} bytes"),
-                ));
+            loop {
+                // Charged before it is made: the compressed body and what it has given so far,
+                // and one step more.
+                held.grow_to(raw.len() + out.len() + DECOMPRESS_STEP_BYTES)?;
+                let read = (&mut decoder)
+                    .take(DECOMPRESS_STEP_BYTES as u64)
+                    .read_to_end(&mut out)
+                    .map_err(|error| {
+                        WriteFailure::plain(
+                            StatusCode::BAD_REQUEST,
+                            format!("invalid gzip body: {error}"),
+                        )
+                    })?;
+                if out.len() > limit {
+                    return Err(WriteFailure::plain(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("decompressed body is larger than {limit} bytes"),
+                    ));
+                }
+                if read == 0 {
+                    break;
+                }
             }
+            drop(decoder);
+            drop(raw);
+            held.shrink_to(out.len());
             Ok((out, sent_digest))
         }
         Some(other) => Err(WriteFailure::plain(
@@ -442,8 +464,18 @@ async fn read_body(
     }
 }
 
-/// Parses, validates and appends one request as one batch.
-pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), WriteFailure> {
+/// How much of a gzip body is decompressed before the in-flight bound is charged again.
+const DECOMPRESS_STEP_BYTES: usize = 1 << 20;
+
+/// Parses, validates and appends one request as one batch, in one pass over its body: each
+/// line or event is checked against the schema as it is read and, when it fits, encoded into
+/// the batch at once. So what a request holds is its body, its batch (charged to `held` as
+/// it grows) and one line or event at a time; no list of parsed lines, no JSON tree.
+pub(crate) async fn handle(
+    inner: &Inner,
+    request: WriteRequest,
+    held: &mut Held<'_>,
+) -> Result<(), WriteFailure> {
     if let Err(reason) = validate_db(&request.db) {
         return Err(WriteFailure::plain(StatusCode::BAD_REQUEST, reason));
     }
@@ -453,146 +485,7 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
         PrecisionChoice::Auto => Precision::Ns,
     };
     let sender = request.sender.to_string();
-    let mut rejected = Vec::new();
-    let mut rejected_total = 0;
-    let mut rejected_by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
-    // Decode everything first: the schema check needs every line of the
-    // request (the first line introducing a column decides its type), and
-    // parsed lines borrow from the body, so keeping them costs no copy.
-    let mut lines = Vec::new();
-    let json_originals;
-    let mut reject =
-        |line_number: usize, reason: &'static str, original: String, message: String| {
-            rejected_total += 1;
-            *rejected_by_reason.entry(reason).or_default() += 1;
-            if rejected.len() < REJECTED_LINES_REPORTED_MAX {
-                rejected.push(Rejected {
-                    line_number,
-                    reason,
-                    original_line: original,
-                    message,
-                });
-            }
-        };
-    match request.payload {
-        Payload::LineProtocol => {
-            json_originals = Vec::new();
-            let parsed_lines = parse_lines(&request.body, parse_precision, ParseLimits::default());
-            for (line_number, parsed) in parsed_lines {
-                let mut line = match parsed {
-                    Ok(line) => line,
-                    Err(error) => {
-                        let original = error.original_line(&request.body).into_owned();
-                        reject(
-                            line_number,
-                            error.kind().name(),
-                            original,
-                            error.to_string(),
-                        );
-                        continue;
-                    }
-                };
-                line.timestamp_ns = Some(match (line.timestamp_ns, request.precision) {
-                    (None, _) => received_ns,
-                    (Some(raw), PrecisionChoice::Auto) => match auto_precision(raw) {
-                        Some(ns) => ns,
-                        None => {
-                            let original = physical_line(&request.body, line_number);
-                            let message = format!("timestamp {raw} is out of range");
-                            reject(line_number, "timestamp_out_of_range", original, message);
-                            continue;
-                        }
-                    },
-                    (Some(ns), PrecisionChoice::Fixed(_)) => ns,
-                });
-                lines.push((line_number, line));
-            }
-        }
-        Payload::Json => {
-            let known = |measurement: &str, field: &str| {
-                inner
-                    .schemas
-                    .known_field_type(&request.db, measurement, field)
-            };
-            let events =
-                nublar_model::json::decode_events(&request.body, ParseLimits::default(), known)
-                    .map_err(|message| WriteFailure::plain(StatusCode::BAD_REQUEST, message))?;
-            let mut originals = Vec::with_capacity(events.len());
-            for (number, original, decoded) in events {
-                originals.push(original.clone());
-                match decoded {
-                    Ok(mut event) => {
-                        event.timestamp_ns.get_or_insert(received_ns);
-                        lines.push((number, event));
-                    }
-                    Err(error) => reject(number, error.reason, original, error.message),
-                }
-            }
-            json_originals = originals;
-        }
-    }
-    // Taken before anything is registered or stored, so that a refused
-    // request leaves nothing behind.
-    if let Some((token, events_per_second)) = &request.rate
-        && let Err(wait) = inner
-            .rates
-            .take(token, *events_per_second, lines.len() as u64)
-    {
-        return Err(rate_limited(token, *events_per_second, wait));
-    }
-    // The original text of a line or event rejected after decoding.
-    let originals = |numbers: Vec<usize>| -> Vec<String> {
-        match request.payload {
-            Payload::LineProtocol => physical_lines(&request.body, numbers.into_iter()),
-            Payload::Json => numbers
-                .iter()
-                .map(|&number| json_originals[number - 1].clone())
-                .collect(),
-        }
-    };
-
-    // An all-or-nothing request that already failed registers nothing, but
-    // its answer still lists the lines that conflict with the schema.
     let all_or_nothing = !request.accept_partial;
-    let conflicts = if all_or_nothing && rejected_total > 0 {
-        inner.schemas.check_only(&request.db, &lines)
-    } else {
-        inner
-            .schemas
-            .check_and_register(inner.bus.as_ref(), &request.db, &lines, all_or_nothing)
-            .await
-            .map_err(bus_failure)?
-    };
-    let mut schema_rejected = Vec::new();
-    for conflict in &conflicts {
-        rejected_total += 1;
-        *rejected_by_reason.entry(conflict.reason).or_default() += 1;
-        if schema_rejected.len() < REJECTED_LINES_REPORTED_MAX {
-            schema_rejected.push((lines[conflict.index].0, conflict.reason, conflict.message()));
-        }
-    }
-    if !schema_rejected.is_empty() {
-        // Both lists are in line order and each holds its first lines, so
-        // the first lines of the merged list are the first lines overall.
-        let originals = originals(
-            schema_rejected
-                .iter()
-                .map(|(number, _, _)| *number)
-                .collect(),
-        );
-        rejected.extend(schema_rejected.into_iter().zip(originals).map(
-            |((line_number, reason, message), original_line)| Rejected {
-                line_number,
-                reason,
-                original_line,
-                message,
-            },
-        ));
-        rejected.sort_by_key(|rejected| rejected.line_number);
-        rejected.truncate(REJECTED_LINES_REPORTED_MAX);
-    }
-
-    let all_or_nothing_failed = rejected_total > 0 && all_or_nothing;
     let mut builder = BatchBuilder::with_capacity(Compression::Lz4, request.body.len() + 1024);
     if let Some(key) = &request.idempotency_key {
         builder = builder
@@ -602,41 +495,106 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
             builder = builder.fingerprint(fingerprint);
         }
     }
-    if !all_or_nothing_failed {
-        let mut line_buffer = Vec::with_capacity(256);
-        let mut conflicts = conflicts.iter().map(|conflict| conflict.index).peekable();
-        for (index, (_, line)) in lines.iter().enumerate() {
-            if conflicts.next_if_eq(&index).is_some() {
-                continue;
+    let mut pass = Pass {
+        inner,
+        db: &request.db,
+        sender: &sender,
+        all_or_nothing,
+        pending: crate::schema::Pending::default(),
+        builder,
+        line_buffer: Vec::with_capacity(256),
+        decoded: 0,
+        rejected: Vec::new(),
+        rejected_total: 0,
+        rejected_bytes: 0,
+        rejected_by_reason: BTreeMap::new(),
+        body_bytes: request.body.len(),
+        next_charge: 0,
+        held,
+    };
+    let body = &request.body[..];
+    match request.payload {
+        Payload::LineProtocol => {
+            let mut locator = LineLocator::new(body);
+            for (line_number, parsed) in parse_lines(body, parse_precision, ParseLimits::default())
+            {
+                let mut line = match parsed {
+                    Ok(line) => line,
+                    Err(error) => {
+                        let reason = error.kind().name();
+                        let message = error.to_string();
+                        pass.reject(line_number, reason, || error.original_line(body), message)?;
+                        continue;
+                    }
+                };
+                line.timestamp_ns = Some(match (line.timestamp_ns, request.precision) {
+                    (None, _) => received_ns,
+                    (Some(raw), PrecisionChoice::Auto) => match auto_precision(raw) {
+                        Some(ns) => ns,
+                        None => {
+                            let message = format!("timestamp {raw} is out of range");
+                            let original = || locator.line(line_number);
+                            pass.reject(line_number, "timestamp_out_of_range", original, message)?;
+                            continue;
+                        }
+                    },
+                    (Some(ns), PrecisionChoice::Fixed(_)) => ns,
+                });
+                pass.take(line_number, &line, || locator.line(line_number))?;
             }
-            line_buffer.clear();
-            stored::encode(line, &mut line_buffer);
-            let value = line_buffer.as_slice();
-            if builder.is_empty() {
-                builder.push(
-                    None,
-                    value,
-                    &[("db", request.db.as_bytes()), ("sender", sender.as_bytes())],
-                );
-            } else {
-                builder.push(None, value, &[]);
-            }
-            // Every consumer decompresses a batch into memory and refuses one
-            // past this bound; a request that would make one is refused here,
-            // before it is stored and before its batch grows further.
-            if builder.encoded_bytes() > BATCH_RECORDS_BYTES_MAX {
-                return Err(WriteFailure::plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "the request's events take more than {BATCH_RECORDS_BYTES_MAX} bytes in \
-                         the log's stored layout, the most one batch may take (a reader's \
-                         limit); send fewer lines or fields per request"
-                    ),
-                ));
+        }
+        Payload::Json => {
+            let known = |measurement: &str, field: &str| {
+                inner
+                    .schemas
+                    .known_field_type(&request.db, measurement, field)
+            };
+            let walked = nublar_model::json::for_each_event(
+                body,
+                ParseLimits::default(),
+                known,
+                |number, raw, decoded| {
+                    let original = || Cow::Borrowed(raw);
+                    match decoded {
+                        Ok(mut event) => {
+                            event.timestamp_ns.get_or_insert(received_ns);
+                            pass.take(number, &event, original)
+                        }
+                        Err(error) => pass.reject(number, error.reason, original, error.message),
+                    }
+                },
+            );
+            match walked {
+                Ok(_) => {}
+                Err(EventsError::Body(message)) => {
+                    return Err(WriteFailure::plain(StatusCode::BAD_REQUEST, message));
+                }
+                Err(EventsError::Stopped(failure)) => return Err(failure),
             }
         }
     }
-    let accepted = builder.len();
+    let Pass {
+        pending,
+        builder,
+        decoded,
+        rejected,
+        rejected_total,
+        rejected_by_reason,
+        ..
+    } = pass;
+    // Taken before anything is registered or stored, so that a refused
+    // request leaves nothing behind.
+    if let Some((token, events_per_second)) = &request.rate
+        && let Err(wait) = inner.rates.take(token, *events_per_second, decoded)
+    {
+        return Err(rate_limited(token, *events_per_second, wait));
+    }
+    let all_or_nothing_failed = rejected_total > 0 && all_or_nothing;
+    let accepted = if all_or_nothing_failed {
+        0
+    } else {
+        builder.len()
+    };
     inner.metrics.count_lines(accepted, &rejected_by_reason);
 
     let batch_key = request
@@ -652,6 +610,7 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
         fingerprint: request.fingerprint,
     };
     if all_or_nothing_failed {
+        // It stores nothing, so it registers nothing either.
         dead_letters::append(inner, origin(), &rejected, rejected_total).await;
         return Err(WriteFailure {
             status: StatusCode::BAD_REQUEST,
@@ -667,6 +626,24 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
     }
     // A replay's batch (and dead letters) were stored by the first request.
     if accepted > 0 && !request.replay {
+        // The columns the stored lines introduce are registered before the batch that uses
+        // them, so every stored line fits the registry.
+        let registered = inner
+            .schemas
+            .register(inner.bus.as_ref(), &request.db, &pending)
+            .await
+            .map_err(bus_failure)?;
+        if let Registered::Raced(what) = registered {
+            return Err(WriteFailure::retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the schema of database {:?} changed while this request was read ({what}); \
+                     nothing was stored: send it again",
+                    request.db
+                ),
+                RETRY_AFTER_SECONDS,
+            ));
+        }
         let batch = match builder.finish() {
             Ok(batch) => batch,
             Err(error) => {
@@ -707,28 +684,218 @@ pub(crate) async fn handle(inner: &Inner, request: WriteRequest) -> Result<(), W
     Ok(())
 }
 
-/// The lines numbered `numbers` (1-based, ascending) of the body, in one
-/// pass over it.
-fn physical_lines(body: &[u8], numbers: impl Iterator<Item = usize>) -> Vec<String> {
-    let mut lines = body.split(|&byte| byte == b'\n').enumerate();
-    numbers
-        .map(|number| {
-            let line = lines
-                .find(|(index, _)| index + 1 == number)
-                .map_or(&[][..], |(_, line)| line);
-            String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned()
-        })
-        .collect()
+/// One request's walk through its lines or events.
+struct Pass<'a, 'h, 'i> {
+    inner: &'a Inner,
+    db: &'a str,
+    sender: &'a str,
+    all_or_nothing: bool,
+    /// The columns the request introduces, registered once it is read.
+    pending: crate::schema::Pending,
+    builder: BatchBuilder,
+    /// One line's stored layout at a time.
+    line_buffer: Vec<u8>,
+    /// Lines or events that decoded, fitting the schema or not: what a rate limit counts.
+    decoded: u64,
+    rejected: Vec<Rejected>,
+    rejected_total: usize,
+    /// Bytes of the rejected lines' text kept for the answer and the dead letters.
+    rejected_bytes: usize,
+    rejected_by_reason: BTreeMap<&'static str, u64>,
+    body_bytes: usize,
+    /// The batch size at which the in-flight bound is charged next.
+    next_charge: usize,
+    held: &'h mut Held<'i>,
 }
 
-/// Line `number` (1-based, as the parser counts) of the body, for an error
-/// found after parsing.
-fn physical_line(body: &[u8], number: usize) -> String {
-    let line = body
-        .split(|&byte| byte == b'\n')
-        .nth(number.saturating_sub(1))
-        .unwrap_or(&[]);
-    String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned()
+/// How much more of the batch a request may encode before it is charged to the in-flight
+/// bound again, at most: a request is charged a step ahead, and a small one a small step
+/// (its body's size).
+const CHARGE_STEP_BYTES: usize = 1 << 20;
+/// The most of a rejected line's text kept for the answer and the dead letter.
+const REJECTED_TEXT_BYTES_MAX: usize = 64 * 1024;
+
+impl Pass<'_, '_, '_> {
+    /// A line or event that decoded: checked against the schema, and encoded into the batch
+    /// when it fits (and the request may still store anything).
+    fn take<'o>(
+        &mut self,
+        number: usize,
+        event: &ParsedLine<'_>,
+        original: impl FnOnce() -> Cow<'o, str>,
+    ) -> Result<(), WriteFailure> {
+        self.decoded += 1;
+        if let Err(conflict) = self
+            .inner
+            .schemas
+            .check_line(self.db, event, &mut self.pending)
+        {
+            return self.reject(number, conflict.reason, original, conflict.message);
+        }
+        if self.all_or_nothing && self.rejected_total > 0 {
+            return Ok(());
+        }
+        self.line_buffer.clear();
+        stored::encode(event, &mut self.line_buffer);
+        let value = self.line_buffer.as_slice();
+        if self.builder.is_empty() {
+            self.builder.push(
+                None,
+                value,
+                &[
+                    ("db", self.db.as_bytes()),
+                    ("sender", self.sender.as_bytes()),
+                ],
+            );
+        } else {
+            self.builder.push(None, value, &[]);
+        }
+        // Every consumer decompresses a batch into memory and refuses one past this bound; a
+        // request that would make one is refused here, before it is stored and before its
+        // batch grows further.
+        if self.builder.encoded_bytes() > BATCH_RECORDS_BYTES_MAX {
+            return Err(WriteFailure::plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request's events take more than {BATCH_RECORDS_BYTES_MAX} bytes in the \
+                     log's stored layout, the most one batch may take (a reader's limit); send \
+                     fewer lines or fields per request"
+                ),
+            ));
+        }
+        if self.builder.encoded_bytes() >= self.next_charge {
+            self.charge()?;
+        }
+        Ok(())
+    }
+
+    fn reject<'o>(
+        &mut self,
+        line_number: usize,
+        reason: &'static str,
+        original: impl FnOnce() -> Cow<'o, str>,
+        message: String,
+    ) -> Result<(), WriteFailure> {
+        self.rejected_total += 1;
+        *self.rejected_by_reason.entry(reason).or_default() += 1;
+        if self.rejected.len() < REJECTED_LINES_REPORTED_MAX {
+            let original_line = bounded_text(original());
+            self.rejected_bytes += original_line.len() + message.len();
+            self.rejected.push(Rejected {
+                line_number,
+                reason,
+                original_line,
+                message,
+            });
+            self.charge()?;
+        }
+        Ok(())
+    }
+
+    /// Charges what the request holds now, and up to one step more of its batch, to the
+    /// in-flight bound: its body, its batch twice (a growing buffer is copied into one twice
+    /// its size, and at the end the batch is compressed beside its records), the rejected
+    /// lines kept, and the largest line's stored layout (with the names it copied).
+    fn charge(&mut self) -> Result<(), WriteFailure> {
+        let step = self.body_bytes.clamp(1, CHARGE_STEP_BYTES);
+        self.next_charge = self.builder.encoded_bytes() + step;
+        let holding = self.body_bytes
+            + 2 * self.next_charge
+            + self.rejected_bytes
+            + 2 * self.line_buffer.capacity();
+        self.held.grow_to(holding)
+    }
+}
+
+/// A rejected line's text as kept: at most [`REJECTED_TEXT_BYTES_MAX`] bytes of it.
+fn bounded_text(text: Cow<'_, str>) -> String {
+    if text.len() <= REJECTED_TEXT_BYTES_MAX {
+        return text.into_owned();
+    }
+    let mut end = REJECTED_TEXT_BYTES_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
+}
+
+/// Finds the text of a line by its number, for lines asked for in ascending order: one walk
+/// over the body for all of them.
+struct LineLocator<'a> {
+    body: &'a [u8],
+    /// The number of the line that starts at `at`.
+    number: usize,
+    at: usize,
+}
+
+impl<'a> LineLocator<'a> {
+    fn new(body: &'a [u8]) -> LineLocator<'a> {
+        LineLocator {
+            body,
+            number: 1,
+            at: 0,
+        }
+    }
+
+    fn line(&mut self, number: usize) -> Cow<'a, str> {
+        while self.number < number && self.at <= self.body.len() {
+            match memchr::memchr(b'\n', &self.body[self.at..]) {
+                Some(found) => self.at += found + 1,
+                None => self.at = self.body.len() + 1,
+            }
+            self.number += 1;
+        }
+        let rest = self.body.get(self.at..).unwrap_or_default();
+        let line = match memchr::memchr(b'\n', rest) {
+            Some(end) => &rest[..end],
+            None => rest,
+        };
+        String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line))
+    }
+}
+
+/// What a request holds of the in-flight bound, grown as it holds more and given back when
+/// it is dropped.
+pub(crate) struct Held<'a> {
+    inner: &'a Inner,
+    permit: tokio::sync::SemaphorePermit<'a>,
+    bytes: usize,
+}
+
+impl<'a> Held<'a> {
+    /// Reserves `bytes`, or answers 503 with Retry-After (also while writes are held back).
+    pub(crate) fn reserve(inner: &'a Inner, bytes: usize) -> Result<Held<'a>, WriteFailure> {
+        let permit = reserve(inner, bytes)?;
+        let bytes = permit.num_permits() * PERMIT_BYTES;
+        Ok(Held {
+            inner,
+            permit,
+            bytes,
+        })
+    }
+
+    /// Holds at least `bytes` in all, reserving the difference; 503 when it is not there.
+    pub(crate) fn grow_to(&mut self, bytes: usize) -> Result<(), WriteFailure> {
+        if bytes <= self.bytes {
+            return Ok(());
+        }
+        let more = reserve(self.inner, bytes - self.bytes)?;
+        self.bytes += more.num_permits() * PERMIT_BYTES;
+        self.permit.merge(more);
+        Ok(())
+    }
+
+    /// Gives back what is held past `bytes`.
+    pub(crate) fn shrink_to(&mut self, bytes: usize) {
+        let permits = (self.bytes.saturating_sub(bytes)) / PERMIT_BYTES;
+        if permits > 0
+            && permits < self.permit.num_permits()
+            && let Some(given) = self.permit.split(permits)
+        {
+            self.bytes -= given.num_permits() * PERMIT_BYTES;
+            drop(given);
+        }
+    }
 }
 
 /// One sender always lands in one partition, so its series keep their order.

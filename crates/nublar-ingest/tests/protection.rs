@@ -233,3 +233,80 @@ async fn metrics_and_readiness_can_be_kept_to_a_scope() {
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_charged_for_what_it_holds_not_for_what_it_sent() {
+    let node = node_on(
+        "127.0.0.1:0",
+        IngestConfig {
+            partitions: 1,
+            body_bytes_max: 1 << 20,
+            decompressed_bytes_max: 8 << 20,
+            in_flight_bytes_max: 16 << 20,
+            ..IngestConfig::default()
+        },
+    )
+    .await;
+    // Fifty float fields a line: a 100 KB gzip body of 6 MiB that makes a batch of about
+    // 16 MiB. Its body fits the in-flight bound; what it holds while it is read does not.
+    let fields: Vec<String> = (0..50).map(|index| format!("f{index}=1")).collect();
+    let line = format!("m {} 1\n", fields.join(","));
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(line.repeat(6 * 1024 * 1024 / line.len()).as_bytes())
+        .unwrap();
+    let body = gzip.finish().unwrap();
+    let reply = request(
+        node.http,
+        "POST",
+        "/api/v2/write?bucket=park",
+        &[("Content-Encoding", "gzip")],
+        &body,
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(reply.body.contains("in-flight limit"), "{}", reply.body);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(topic_values(&node.bus, TELEMETRY_TOPIC).await.is_empty());
+    // What it held is given back: a small write goes through at once.
+    let small = request(
+        node.http,
+        "POST",
+        "/api/v2/write?bucket=park",
+        &[],
+        b"m f=1 1\n",
+    )
+    .await;
+    assert_eq!(small.status, 204, "{}", small.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_line_is_kept_and_answered_in_part_only() {
+    let node = node_on(
+        "127.0.0.1:0",
+        IngestConfig {
+            partitions: 1,
+            ..IngestConfig::default()
+        },
+    )
+    .await;
+    let long = format!("m s=\"{}\",f=tru 1\n", "x".repeat(1_500_000));
+    let reply = request(
+        node.http,
+        "POST",
+        "/api/v3/write_lp?db=park",
+        &[],
+        long.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let original = reply.json()["data"][0]["original_line"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(original.len() < 70 * 1024, "{} bytes", original.len());
+    assert!(
+        original.ends_with("(1500014 bytes in all)"),
+        "{}",
+        &original[original.len() - 40..]
+    );
+}

@@ -308,45 +308,47 @@ impl BatchBuilder {
         if self.records.len() > DECOMPRESSED_BYTES_MAX {
             return Err(BatchError::RecordsTooLarge(self.records.len()));
         }
-        let payload: Cow<[u8]> = match self.compression {
-            Compression::None => Cow::Borrowed(&self.records),
+        // The payload is written right after room for the header, so that the records and
+        // the batch are the only copies that exist at once.
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + self.records.len() / 2);
+        bytes.resize(HEADER_BYTES, 0);
+        match self.compression {
+            Compression::None => bytes.extend_from_slice(&self.records),
             Compression::Lz4 => {
-                let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
+                let mut encoder = lz4_flex::frame::FrameEncoder::new(bytes);
                 encoder
                     .write_all(&self.records)
                     .expect("writing to a Vec cannot fail");
-                Cow::Owned(
-                    encoder
-                        .finish()
-                        .expect("finishing an lz4 frame into a Vec cannot fail"),
-                )
+                bytes = encoder
+                    .finish()
+                    .expect("finishing an lz4 frame into a Vec cannot fail");
             }
-            Compression::Zstd => Cow::Owned(
-                zstd::bulk::compress(&self.records, 3)
+            Compression::Zstd => bytes.extend_from_slice(
+                &zstd::bulk::compress(&self.records, 3)
                     .map_err(|error| BatchError::Decompression(error.to_string()))?,
             ),
-        };
-        let total = HEADER_BYTES + payload.len();
+        }
+        let total = bytes.len();
         if total > BATCH_BYTES_MAX {
             return Err(BatchError::TooLarge(total, BATCH_BYTES_MAX));
         }
-        let mut bytes = Vec::with_capacity(total);
-        bytes.extend_from_slice(&0i64.to_be_bytes());
-        bytes.extend_from_slice(&((total - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
-        bytes.extend_from_slice(&0i32.to_be_bytes());
-        bytes.push(MAGIC);
-        bytes.extend_from_slice(&0u32.to_be_bytes());
+        let mut header = Vec::with_capacity(HEADER_BYTES);
+        header.extend_from_slice(&0i64.to_be_bytes());
+        header.extend_from_slice(&((total - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
+        header.extend_from_slice(&0i32.to_be_bytes());
+        header.push(MAGIC);
+        header.extend_from_slice(&0u32.to_be_bytes());
         let attributes = self.compression.attribute_bits() | TIMESTAMP_TYPE_LOG_APPEND;
-        bytes.extend_from_slice(&attributes.to_be_bytes());
-        bytes.extend_from_slice(&((self.count - 1) as i32).to_be_bytes());
-        bytes.extend_from_slice(&0i64.to_be_bytes());
-        bytes.extend_from_slice(&0i64.to_be_bytes());
-        bytes.extend_from_slice(&self.producer_id.to_be_bytes());
-        bytes.extend_from_slice(&self.producer_epoch.to_be_bytes());
-        bytes.extend_from_slice(&self.base_sequence.to_be_bytes());
-        bytes.extend_from_slice(&(self.count as i32).to_be_bytes());
-        debug_assert_eq!(bytes.len(), HEADER_BYTES);
-        bytes.extend_from_slice(&payload);
+        header.extend_from_slice(&attributes.to_be_bytes());
+        header.extend_from_slice(&((self.count - 1) as i32).to_be_bytes());
+        header.extend_from_slice(&0i64.to_be_bytes());
+        header.extend_from_slice(&0i64.to_be_bytes());
+        header.extend_from_slice(&self.producer_id.to_be_bytes());
+        header.extend_from_slice(&self.producer_epoch.to_be_bytes());
+        header.extend_from_slice(&self.base_sequence.to_be_bytes());
+        header.extend_from_slice(&(self.count as i32).to_be_bytes());
+        debug_assert_eq!(header.len(), HEADER_BYTES);
+        bytes[..HEADER_BYTES].copy_from_slice(&header);
         let mut batch = Batch {
             bytes,
             batch_key: None,

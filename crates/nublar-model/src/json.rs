@@ -18,8 +18,6 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
-
 use crate::event::{Event, Field, FieldType, FieldValue, Tag};
 use crate::limits::ParseLimits;
 
@@ -35,6 +33,14 @@ pub struct JsonError {
 /// or why it was rejected.
 pub type DecodedEvent = (usize, String, Result<Event, JsonError>);
 
+/// Why a body's events could not be gone through: the body is not JSON (an array of
+/// events, or one event per line), or the caller stopped.
+#[derive(Debug)]
+pub enum EventsError<E> {
+    Body(String),
+    Stopped(E),
+}
+
 /// The events of a body, numbered from 1, each decoded or rejected with its
 /// reason and its own JSON text; or an error for a body that is not JSON at
 /// all. `known_type(measurement, field)` answers what the schema knows.
@@ -43,36 +49,225 @@ pub fn decode_events(
     limits: ParseLimits,
     known_type: impl Fn(&str, &str) -> Option<FieldType>,
 ) -> Result<Vec<DecodedEvent>, String> {
-    let text =
-        std::str::from_utf8(body).map_err(|error| format!("the body is not UTF-8: {error}"))?;
+    let mut events = Vec::new();
+    let gone_through = for_each_event(body, limits, known_type, |number, text, event| {
+        events.push((number, text.to_owned(), event));
+        Ok::<(), std::convert::Infallible>(())
+    });
+    match gone_through {
+        Ok(_) => Ok(events),
+        Err(EventsError::Body(message)) => Err(message),
+        Err(EventsError::Stopped(never)) => match never {},
+    }
+}
+
+/// Goes through the events of a body one at a time, handing each (its number from 1, its
+/// JSON text as sent, and the event or why it was rejected) to `each`, which may stop the
+/// walk. Memory does not grow with the body: an event is read straight from the body's
+/// text, its members only as far as the limits allow, and no JSON tree of it is built.
+/// Returns how many events there were.
+pub fn for_each_event<E>(
+    body: &[u8],
+    limits: ParseLimits,
+    known_type: impl Fn(&str, &str) -> Option<FieldType>,
+    mut each: impl FnMut(usize, &str, Result<Event, JsonError>) -> Result<(), E>,
+) -> Result<usize, EventsError<E>> {
+    use serde::Deserializer;
+    let text = std::str::from_utf8(body)
+        .map_err(|error| EventsError::Body(format!("the body is not UTF-8: {error}")))?;
     let trimmed = text.trim_start();
-    let values: Vec<Value> = if trimmed.starts_with('[') {
-        serde_json::from_str(trimmed)
-            .map_err(|error| format!("the body is not a JSON array: {error}"))?
+    let mut number = 0usize;
+    let mut stopped = None;
+    let mut one = |raw: &str| -> bool {
+        number += 1;
+        let event = decode_event(raw, limits, &known_type);
+        match each(number, raw, event) {
+            Ok(()) => true,
+            Err(error) => {
+                stopped = Some(error);
+                false
+            }
+        }
+    };
+    if trimmed.starts_with('[') {
+        let mut deserializer = serde_json::Deserializer::from_str(trimmed);
+        let walked = deserializer
+            .deserialize_seq(EachElement { each: &mut one })
+            .and_then(|()| deserializer.end());
+        if let Some(error) = stopped {
+            return Err(EventsError::Stopped(error));
+        }
+        walked
+            .map_err(|error| EventsError::Body(format!("the body is not a JSON array: {error}")))?;
     } else {
-        let mut values = Vec::new();
         for (index, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
+            let line = line.trim();
+            if line.is_empty() {
                 continue;
             }
-            let value = serde_json::from_str(line)
-                .map_err(|error| format!("line {} is not JSON: {error}", index + 1))?;
-            values.push(value);
+            serde_json::from_str::<&RawValue>(line).map_err(|error| {
+                EventsError::Body(format!("line {} is not JSON: {error}", index + 1))
+            })?;
+            if !one(line) {
+                break;
+            }
         }
-        values
-    };
-    Ok(values
-        .into_iter()
-        .enumerate()
-        .map(|(index, value)| {
-            let original = value.to_string();
-            (
-                index + 1,
-                original,
-                decode_event(&value, limits, &known_type),
-            )
-        })
-        .collect())
+        if let Some(error) = stopped {
+            return Err(EventsError::Stopped(error));
+        }
+    }
+    Ok(number)
+}
+
+use serde::de::{self, Deserialize, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// Hands each element of a JSON array, as its raw text, to `each`; stops when it says so.
+struct EachElement<'a, F> {
+    each: &'a mut F,
+}
+
+impl<'de, F: FnMut(&str) -> bool> Visitor<'de> for EachElement<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("an array of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if !(self.each)(raw.get()) {
+                return Err(de::Error::custom("stopped"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A member name, borrowed from the text unless it holds an escape.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name<'de>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+/// An event's members as raw text, each read only as far as needed to find its end.
+#[derive(Default)]
+struct Members<'a> {
+    measurement: Option<&'a RawValue>,
+    tags: Option<&'a RawValue>,
+    fields: Option<&'a RawValue>,
+    time: Option<&'a RawValue>,
+    /// The first member that is none of these.
+    unknown: Option<Cow<'a, str>>,
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Members::default();
+                while let Some(Name(key)) = map.next_key::<Name<'de>>()? {
+                    let value = map.next_value::<&'de RawValue>()?;
+                    match key.as_ref() {
+                        "measurement" => members.measurement = Some(value),
+                        "tags" => members.tags = Some(value),
+                        "fields" => members.fields = Some(value),
+                        "time" => members.time = Some(value),
+                        _ => {
+                            members.unknown.get_or_insert(key);
+                        }
+                    }
+                }
+                Ok(members)
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+/// An object's entries: each name with its value's raw text.
+type Entries<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// The entries of an object as (name, raw value), at most `max` of them: past it the read
+/// stops with `None`, before anything more is kept.
+fn entries(raw: &RawValue, max: usize) -> Result<Option<Entries<'_>>, ()> {
+    struct EntriesVisitor {
+        max: usize,
+    }
+    impl<'de> Visitor<'de> for EntriesVisitor {
+        type Value = Option<Entries<'de>>;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::new();
+            while let Some(Name(key)) = map.next_key::<Name<'de>>()? {
+                let value = map.next_value::<&'de RawValue>()?;
+                // A key given twice keeps its last value, as a JSON object does.
+                entries.retain(|(seen, _): &(Cow<'de, str>, &RawValue)| *seen != key);
+                if entries.len() == self.max {
+                    return Ok(None);
+                }
+                entries.push((key, value));
+            }
+            Ok(Some(entries))
+        }
+    }
+    use serde::Deserializer;
+    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+    deserializer
+        .deserialize_map(EntriesVisitor { max })
+        .map_err(|_| ())
+}
+
+/// A member's value, told apart by its first character without reading further.
+enum Scalar<'a> {
+    Bool(bool),
+    Str(&'a RawValue),
+    Number(&'a RawValue),
+    Null,
+    Other,
+}
+
+fn scalar(raw: &RawValue) -> Scalar<'_> {
+    match raw.get().as_bytes().first() {
+        Some(b't') => Scalar::Bool(true),
+        Some(b'f') => Scalar::Bool(false),
+        Some(b'"') => Scalar::Str(raw),
+        Some(b'-' | b'0'..=b'9') => Scalar::Number(raw),
+        Some(b'n') => Scalar::Null,
+        _ => Scalar::Other,
+    }
+}
+
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<Name<'_>>(raw.get())
+        .ok()
+        .map(|name| name.0)
 }
 
 fn reject(reason: &'static str, message: impl Into<String>) -> JsonError {
@@ -83,44 +278,50 @@ fn reject(reason: &'static str, message: impl Into<String>) -> JsonError {
 }
 
 fn decode_event(
-    value: &Value,
+    raw: &str,
     limits: ParseLimits,
     known_type: &impl Fn(&str, &str) -> Option<FieldType>,
 ) -> Result<Event, JsonError> {
-    let object = value
-        .as_object()
-        .ok_or_else(|| reject("not_an_object", "an event must be a JSON object"))?;
-    for key in object.keys() {
-        if !matches!(key.as_str(), "measurement" | "tags" | "fields" | "time") {
-            return Err(reject(
-                "unknown_member",
-                format!("unknown member {key:?}: expected measurement, tags, fields, time"),
-            ));
-        }
+    let not_an_object = || reject("not_an_object", "an event must be a JSON object");
+    if !raw.starts_with('{') {
+        return Err(not_an_object());
     }
-    let measurement = object
-        .get("measurement")
-        .and_then(Value::as_str)
+    let members: Members<'_> = serde_json::from_str(raw).map_err(|_| not_an_object())?;
+    if let Some(key) = &members.unknown {
+        return Err(reject(
+            "unknown_member",
+            format!("unknown member {key:?}: expected measurement, tags, fields, time"),
+        ));
+    }
+    let measurement = members
+        .measurement
+        .filter(|raw| matches!(scalar(raw), Scalar::Str(_)))
+        .and_then(string)
         .ok_or_else(|| reject("missing_measurement", "\"measurement\" must be a string"))?;
-    check_name("measurement", measurement, limits)?;
+    check_name("measurement", &measurement, limits)?;
 
     let mut tags = Vec::new();
-    if let Some(value) = object.get("tags") {
-        let map = value
-            .as_object()
-            .ok_or_else(|| reject("bad_tags", "\"tags\" must be an object of strings"))?;
-        if map.len() > limits.tags_per_line_max {
-            return Err(reject(
-                "too_many_tags",
-                format!("more than {} tags", limits.tags_per_line_max),
-            ));
+    if let Some(raw) = members.tags {
+        let bad_tags = || reject("bad_tags", "\"tags\" must be an object of strings");
+        if !raw.get().starts_with('{') {
+            return Err(bad_tags());
         }
+        let map = entries(raw, limits.tags_per_line_max)
+            .map_err(|()| bad_tags())?
+            .ok_or_else(|| {
+                reject(
+                    "too_many_tags",
+                    format!("more than {} tags", limits.tags_per_line_max),
+                )
+            })?;
         for (key, value) in map {
-            check_name("tag key", key, limits)?;
-            let value = value
-                .as_str()
-                .ok_or_else(|| reject("bad_tags", format!("tag {key:?} must be a string")))?;
-            check_text("tag value", value, limits.name_bytes_max)?;
+            check_name("tag key", &key, limits)?;
+            let value = match scalar(value) {
+                Scalar::Str(raw) => string(raw),
+                _ => None,
+            }
+            .ok_or_else(|| reject("bad_tags", format!("tag {key:?} must be a string")))?;
+            check_text("tag value", &value, limits.name_bytes_max)?;
             if value.is_empty() {
                 return Err(reject(
                     "empty_tag_value",
@@ -128,19 +329,28 @@ fn decode_event(
                 ));
             }
             tags.push(Tag {
-                key: Cow::Owned(key.clone()),
-                value: Cow::Owned(value.to_owned()),
+                key: Cow::Owned(key.into_owned()),
+                value: Cow::Owned(value.into_owned()),
             });
         }
     }
 
-    let map = object
-        .get("fields")
-        .and_then(Value::as_object)
+    let missing_fields = || {
+        reject(
+            "missing_fields",
+            "\"fields\" must be an object with at least one field",
+        )
+    };
+    let raw = members
+        .fields
+        .filter(|raw| raw.get().starts_with('{'))
+        .ok_or_else(missing_fields)?;
+    let map = entries(raw, limits.fields_per_line_max)
+        .map_err(|()| missing_fields())?
         .ok_or_else(|| {
             reject(
-                "missing_fields",
-                "\"fields\" must be an object with at least one field",
+                "too_many_fields",
+                format!("more than {} fields", limits.fields_per_line_max),
             )
         })?;
     if map.is_empty() {
@@ -149,32 +359,31 @@ fn decode_event(
             "an event needs at least one field",
         ));
     }
-    if map.len() > limits.fields_per_line_max {
-        return Err(reject(
-            "too_many_fields",
-            format!("more than {} fields", limits.fields_per_line_max),
-        ));
-    }
     let mut fields = Vec::new();
     for (key, value) in map {
-        check_name("field key", key, limits)?;
-        if tags.iter().any(|tag| tag.key == key.as_str()) {
+        check_name("field key", &key, limits)?;
+        if tags.iter().any(|tag| tag.key == key.as_ref()) {
             return Err(reject(
                 "tag_field_clash",
                 format!("{key:?} is both a tag and a field"),
             ));
         }
-        let value = match value {
-            Value::Bool(value) => FieldValue::Bool(*value),
-            Value::String(text) => {
+        let value = match scalar(value) {
+            Scalar::Bool(flag) => FieldValue::Bool(flag),
+            Scalar::Str(raw) => {
+                // The raw text is at least as long as the value it holds: a text far past
+                // the limit is refused before it is unescaped.
+                if raw.get().len() > 2 + 6 * limits.string_value_bytes_max {
+                    return Err(string_too_long(&key, limits));
+                }
+                let text = string(raw).ok_or_else(|| {
+                    reject(
+                        "bad_field_value",
+                        format!("field {key:?} is not a valid string"),
+                    )
+                })?;
                 if text.len() > limits.string_value_bytes_max {
-                    return Err(reject(
-                        "string_too_long",
-                        format!(
-                            "field {key:?} is longer than {} bytes",
-                            limits.string_value_bytes_max
-                        ),
-                    ));
+                    return Err(string_too_long(&key, limits));
                 }
                 if text.contains('\n') {
                     return Err(reject(
@@ -182,26 +391,34 @@ fn decode_event(
                         format!("field {key:?} holds a newline, which line protocol cannot carry"),
                     ));
                 }
-                FieldValue::Str(Cow::Owned(text.clone()))
+                FieldValue::Str(Cow::Owned(text.into_owned()))
             }
-            Value::Number(number) => match known_type(measurement, key) {
-                Some(FieldType::I64) if number.as_i64().is_some() => {
-                    FieldValue::I64(number.as_i64().expect("checked"))
-                }
-                Some(FieldType::U64) if number.as_u64().is_some() => {
-                    FieldValue::U64(number.as_u64().expect("checked"))
-                }
-                _ => match number.as_f64() {
-                    Some(float) if float.is_finite() => FieldValue::F64(float),
-                    _ => {
-                        return Err(reject(
-                            "bad_number",
-                            format!("field {key:?} is not a finite number"),
-                        ));
+            Scalar::Number(raw) => {
+                let number: serde_json::Number = serde_json::from_str(raw.get()).map_err(|_| {
+                    reject(
+                        "bad_number",
+                        format!("field {key:?} is not a finite number"),
+                    )
+                })?;
+                match known_type(&measurement, &key) {
+                    Some(FieldType::I64) if number.as_i64().is_some() => {
+                        FieldValue::I64(number.as_i64().expect("checked"))
                     }
-                },
-            },
-            _ => {
+                    Some(FieldType::U64) if number.as_u64().is_some() => {
+                        FieldValue::U64(number.as_u64().expect("checked"))
+                    }
+                    _ => match number.as_f64() {
+                        Some(float) if float.is_finite() => FieldValue::F64(float),
+                        _ => {
+                            return Err(reject(
+                                "bad_number",
+                                format!("field {key:?} is not a finite number"),
+                            ));
+                        }
+                    },
+                }
+            }
+            Scalar::Null | Scalar::Other => {
                 return Err(reject(
                     "bad_field_value",
                     format!("field {key:?} must be a number, boolean or string"),
@@ -209,38 +426,55 @@ fn decode_event(
             }
         };
         fields.push(Field {
-            key: Cow::Owned(key.clone()),
+            key: Cow::Owned(key.into_owned()),
             value,
         });
     }
 
-    let timestamp_ns = match object.get("time") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(number)) => Some(number.as_i64().ok_or_else(|| {
-            reject(
-                "bad_time",
-                "\"time\" as a number must be integer nanoseconds",
-            )
-        })?),
-        Some(Value::String(text)) => Some(parse_rfc3339(text).ok_or_else(|| {
-            reject(
-                "bad_time",
-                format!("\"time\" {text:?} is not an RFC 3339 time such as 2026-11-26T05:00:00Z"),
-            )
-        })?),
+    let bad_time = |message: String| reject("bad_time", message);
+    let timestamp_ns = match members.time.map(scalar) {
+        None | Some(Scalar::Null) => None,
+        Some(Scalar::Number(raw)) => Some(
+            serde_json::from_str::<serde_json::Number>(raw.get())
+                .ok()
+                .and_then(|number| number.as_i64())
+                .ok_or_else(|| {
+                    bad_time("\"time\" as a number must be integer nanoseconds".into())
+                })?,
+        ),
+        Some(Scalar::Str(raw)) => {
+            let text = string(raw).unwrap_or_default();
+            Some(parse_rfc3339(&text).ok_or_else(|| {
+                bad_time(format!(
+                    "\"time\" {text:?} is not an RFC 3339 time such as 2026-11-26T05:00:00Z"
+                ))
+            })?)
+        }
         Some(_) => {
-            return Err(reject(
-                "bad_time",
-                "\"time\" must be an RFC 3339 string or integer nanoseconds",
+            return Err(bad_time(
+                "\"time\" must be an RFC 3339 string or integer nanoseconds".into(),
             ));
         }
     };
+    // In name order, whatever the order sent: the same event is always the same record.
+    tags.sort_by(|left, right| left.key.cmp(&right.key));
+    fields.sort_by(|left, right| left.key.cmp(&right.key));
     Ok(Event {
-        measurement: Cow::Owned(measurement.to_owned()),
+        measurement: Cow::Owned(measurement.into_owned()),
         tags,
         fields,
         timestamp_ns,
     })
+}
+
+fn string_too_long(key: &str, limits: ParseLimits) -> JsonError {
+    reject(
+        "string_too_long",
+        format!(
+            "field {key:?} is longer than {} bytes",
+            limits.string_value_bytes_max
+        ),
+    )
 }
 
 fn check_name(what: &str, name: &str, limits: ParseLimits) -> Result<(), JsonError> {

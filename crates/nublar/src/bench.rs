@@ -45,6 +45,8 @@ pub enum BenchCommand {
     Query(crate::bench_query::QueryBenchArgs),
     /// Ingest over HTTPS beside plain HTTP into one node, rounds alternating.
     Tls(crate::bench_tls::TlsBenchArgs),
+    /// A node's peak resident memory under the worst load its bounds allow, beside the bound.
+    Memory(crate::bench_memory::MemoryBenchArgs),
 }
 
 #[derive(Args)]
@@ -110,6 +112,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Freshness(args) => crate::bench_freshness::run(args),
         BenchCommand::Query(args) => crate::bench_query::run(args),
         BenchCommand::Tls(args) => crate::bench_tls::run(args),
+        BenchCommand::Memory(args) => crate::bench_memory::run(args),
         BenchCommand::Parse(args) => {
             println!("{}", machine_line());
             let report = nublar_model::bench::parse_throughput(args.lines, args.seconds);

@@ -211,6 +211,8 @@ pub struct DeadLettersSection {
 #[serde(default, deny_unknown_fields)]
 pub struct SchemaSection {
     pub columns_max: usize,
+    pub bytes_max: usize,
+    pub database_bytes_max: usize,
 }
 
 impl Default for DeadLettersSection {
@@ -225,8 +227,11 @@ impl Default for DeadLettersSection {
 
 impl Default for SchemaSection {
     fn default() -> SchemaSection {
+        let ingest = IngestConfig::default();
         SchemaSection {
-            columns_max: IngestConfig::default().schema_columns_max,
+            columns_max: ingest.schema_columns_max,
+            bytes_max: ingest.schema_bytes_max,
+            database_bytes_max: ingest.schema_database_bytes_max,
         }
     }
 }
@@ -680,6 +685,8 @@ impl NodeConfig {
             dead_letters_per_request_max: self.dead_letters.per_request_max,
             dead_letters_per_sender_per_second: self.dead_letters.per_sender_per_second,
             schema_columns_max: self.schema.columns_max,
+            schema_bytes_max: self.schema.bytes_max,
+            schema_database_bytes_max: self.schema.database_bytes_max,
             idempotency: nublar_ingest::IdempotencyConfig {
                 window_ms: i64::try_from(self.idempotency.window_seconds.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
@@ -775,6 +782,8 @@ mod tests {
             "per_request_max",
             "per_sender_per_second",
             "columns_max",
+            "bytes_max",
+            "database_bytes_max",
             "allow",
             "trusted_proxies",
             "forwarded_header",

@@ -6,6 +6,7 @@ mod bench_bfd;
 mod bench_failover;
 mod bench_freshness;
 mod bench_lake;
+mod bench_memory;
 mod bench_processors;
 mod bench_query;
 mod bench_tls;

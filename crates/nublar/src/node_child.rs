@@ -120,7 +120,18 @@ impl Connection {
         target: &str,
         body: &[u8],
     ) -> anyhow::Result<(u16, Vec<u8>)> {
-        let result = self.exchange(method, target, body);
+        self.request_with(method, target, &[], body)
+    }
+
+    /// As [`Connection::request`], with more headers.
+    pub fn request_with(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let result = self.exchange(method, target, headers, body);
         if result.is_err() {
             self.stream = None;
         }
@@ -131,6 +142,7 @@ impl Connection {
         &mut self,
         method: &str,
         target: &str,
+        headers: &[(&str, &str)],
         body: &[u8],
     ) -> anyhow::Result<(u16, Vec<u8>)> {
         if self.stream.is_none() {
@@ -140,11 +152,15 @@ impl Connection {
             self.stream = Some(stream);
         }
         let stream = self.stream.as_mut().expect("connected above");
-        let head = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        let mut head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
             self.address,
             body.len()
         );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
         stream.write_all(head.as_bytes())?;
         stream.write_all(body)?;
         self.buffer.clear();

@@ -316,6 +316,36 @@ fn the_tls_benchmark_sends_both_protocols_to_one_node_and_cleans_up() {
 }
 
 #[test]
+fn the_memory_benchmark_loads_a_node_and_states_its_peak_beside_the_bound() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = nublar(&[
+        "bench",
+        "memory",
+        "--dir",
+        scratch.path().to_str().unwrap(),
+        "--connections",
+        "3",
+        "--seconds",
+        "1",
+        "--requests",
+        "3",
+        "--body-bytes",
+        "200000",
+        "--in-flight-bytes-max",
+        "67108864",
+    ]);
+    let text = stdout(&output);
+    assert!(text.starts_with("machine: "), "{text}");
+    assert!(text.contains("stored (204)"), "{text}");
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with("RSS at start") && last.ends_with("within it"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn the_bfd_sessions_benchmark_runs_two_processes_without_a_false_down() {
     let output = nublar(&[
         "bench",

@@ -1,0 +1,237 @@
+//! `nublar bench memory`: a node's peak resident memory under the worst load its bounds
+//! allow, beside the bound the documentation states.
+//!
+//! Every connection the node allows sends, again and again, the most expensive gzip body
+//! it accepts, half of them line protocol and half JSON: bodies that decompress to many
+//! lines of tiny number fields, each of which takes several times its text in the log's
+//! stored layout, so that a request's batch is near the largest one a reader takes. The
+//! node runs its gateway and log only (lake and processors off: they have bounds of their
+//! own), at its default limits apart from the connection bound. The benchmark samples the
+//! node's resident set while the load runs and reads its high-water mark (`VmHWM`) at the
+//! end, and compares it with the stated bound:
+//!
+//! `peak RSS <= RSS at start + http.in_flight_bytes_max + http.connections_max x 256 KiB`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::node_child::{Connection, start_node};
+
+#[derive(Args)]
+pub struct MemoryBenchArgs {
+    /// Where to write; a fresh folder is made inside and deleted afterwards.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Connections sending at once; the node's `http.connections_max` is set to it.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds the load runs.
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Requests each connection sends at most.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// The node's `http.in_flight_bytes_max`.
+    #[arg(long, default_value_t = nublar_ingest::IngestConfig::default().in_flight_bytes_max)]
+    in_flight_bytes_max: usize,
+    /// Bytes of line protocol a body decompresses to (JSON bodies make about as large a
+    /// batch); the default makes a batch just under the 64 MiB a reader takes.
+    #[arg(long, default_value_t = 22 << 20)]
+    body_bytes: usize,
+}
+
+/// What the bound allows each connection besides its request: its read buffer
+/// (`CONNECTION_BUFFER_BYTES_MAX`), what its response and socket hold, and one line's lists
+/// of tags and fields.
+pub const CONNECTION_BYTES: u64 = 256 * 1024;
+
+pub fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.connections > 0 && args.seconds > 0.0 && args.requests > 0,
+        "--connections, --seconds and --requests must be positive"
+    );
+    let root = tempfile::Builder::new()
+        .prefix("nublar-bench-memory-")
+        .tempdir_in(&args.dir)
+        .with_context(|| format!("creating a folder in {}", args.dir.display()))?;
+    let config = root.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nconnections_max = {}\nin_flight_bytes_max = {}\n\
+             [lake]\nenabled = false\n[processors]\nenabled = false\n",
+            args.connections, args.in_flight_bytes_max
+        ),
+    )?;
+    let (mut node, http) = start_node(
+        &root.path().join("node"),
+        &["--config", &config.to_string_lossy()],
+    )?;
+    let pid = node.0.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let at_start = status_kib(pid, "VmRSS")? * 1024;
+    let (line_protocol, json) = (
+        worst_line_protocol(args.body_bytes),
+        worst_json(args.body_bytes),
+    );
+    let (line_protocol_gzip, json_gzip) = (gzip(&line_protocol)?, gzip(&json)?);
+    println!("{}", crate::bench::machine_line());
+    println!(
+        "one node, gateway and log only: http.in_flight_bytes_max {} MiB, http.connections_max \
+         {}, other limits at their defaults; {} connections send for {} s: line protocol \
+         gzip {:.1} MiB of {:.1} MiB, JSON gzip {:.1} MiB of {:.1} MiB, both of 50 number \
+         fields a line",
+        args.in_flight_bytes_max >> 20,
+        args.connections,
+        args.connections,
+        args.seconds,
+        mib(line_protocol_gzip.len() as u64),
+        mib(line_protocol.len() as u64),
+        mib(json_gzip.len() as u64),
+        mib(json.len() as u64),
+    );
+    drop((line_protocol, json));
+    let bodies = Arc::new([
+        ("/api/v3/write_lp?db=memory", line_protocol_gzip),
+        ("/api/v1/events?db=memory", json_gzip),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let statuses: Arc<[AtomicU64; 6]> = Arc::new(Default::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..args.connections)
+        .map(|index| {
+            let (bodies, statuses) = (bodies.clone(), statuses.clone());
+            let requests = args.requests;
+            std::thread::spawn(move || {
+                let mut connection = Connection::new(http);
+                let (target, body) = &bodies[index % 2];
+                for _ in 0..requests {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    let answered = connection.request_with(
+                        "POST",
+                        target,
+                        &[("Content-Encoding", "gzip")],
+                        body,
+                    );
+                    let slot = match answered {
+                        Ok((204, _)) => 0,
+                        Ok((503, _)) => 1,
+                        Ok((413, _)) => 2,
+                        Ok((400, _)) => 3,
+                        Ok(_) => 4,
+                        Err(_) => 5,
+                    };
+                    statuses[slot].fetch_add(1, Ordering::Relaxed);
+                    if slot == 1 {
+                        // Retry-After is a second; a sender that honours it waits a little.
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+        })
+        .collect();
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut highest = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                highest = highest.max(status_kib(pid, "VmRSS").unwrap_or(0) * 1024);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            highest
+        })
+    };
+    for sender in senders {
+        let _ = sender.join();
+    }
+    done.store(true, Ordering::Relaxed);
+    let sampled = sampler.join().unwrap_or(0);
+    let peak = status_kib(pid, "VmHWM")? * 1024;
+    let bound =
+        at_start + args.in_flight_bytes_max as u64 + args.connections as u64 * CONNECTION_BYTES;
+    let counts: Vec<u64> = statuses
+        .iter()
+        .map(|count| count.load(Ordering::Relaxed))
+        .collect();
+    println!(
+        "answers: {} stored (204), {} asked to come back (503), {} too large (413), {} \
+         refused (400), {} other, {} failed connections",
+        counts[0], counts[1], counts[2], counts[3], counts[4], counts[5]
+    );
+    println!(
+        "RSS at start {:.0} MiB; peak {:.0} MiB (highest sample {:.0} MiB); bound {:.0} MiB \
+         = start + {} MiB in flight + {} connections x {} KiB: {}",
+        mib(at_start),
+        mib(peak),
+        mib(sampled),
+        mib(bound),
+        args.in_flight_bytes_max >> 20,
+        args.connections,
+        CONNECTION_BYTES / 1024,
+        if peak <= bound {
+            "within it"
+        } else {
+            "PAST IT"
+        }
+    );
+    node.terminate(Duration::from_secs(60))?;
+    Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Lines of fifty one-digit number fields: four bytes of text a field, eleven in the log.
+fn worst_line_protocol(bytes: usize) -> Vec<u8> {
+    let fields: Vec<String> = (0..50).map(|index| format!("f{index}=1")).collect();
+    let mut body = Vec::with_capacity(bytes + 1024);
+    let mut time = 1_700_000_000_000_000_000u64;
+    while body.len() < bytes {
+        time += 1;
+        body.extend_from_slice(format!("m {} {time}\n", fields.join(",")).as_bytes());
+    }
+    body
+}
+
+/// As [`worst_line_protocol`], as JSON events, one per line.
+fn worst_json(bytes: usize) -> Vec<u8> {
+    let fields: Vec<String> = (0..50).map(|index| format!("\"f{index}\":1")).collect();
+    let mut body = Vec::with_capacity(bytes + 1024);
+    let mut time = 1_700_000_000_000_000_000u64;
+    while body.len() < bytes {
+        time += 1;
+        body.extend_from_slice(
+            format!(
+                "{{\"measurement\":\"m\",\"fields\":{{{}}},\"time\":{time}}}\n",
+                fields.join(",")
+            )
+            .as_bytes(),
+        );
+    }
+    body
+}
+
+fn gzip(body: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(body)?;
+    Ok(encoder.finish()?)
+}
+
+/// A `/proc/<pid>/status` value in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, name: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {name} in /proc/{pid}/status"))
+}
