@@ -36,7 +36,6 @@ use serde::Serialize;
 
 use crate::Inner;
 use crate::limits::DEAD_LETTER_SENDERS_MAX;
-use crate::write::Rejected;
 
 /// The topic rejected lines are kept in.
 pub const DEAD_LETTERS_TOPIC: &str = "_dead_letters";
@@ -65,6 +64,15 @@ struct DeadLetter<'a> {
     raw: &'a str,
     sender: &'a str,
     received_ns: i64,
+}
+
+/// A line or event a request's answer rejects: what a dead letter is made of.
+pub(crate) struct Rejected {
+    pub line_number: usize,
+    /// The metric label and dead letter reason.
+    pub reason: &'static str,
+    pub original_line: String,
+    pub message: String,
 }
 
 /// What the write path knows of the request whose lines are rejected.

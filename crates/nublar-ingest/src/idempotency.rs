@@ -31,35 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use nublar_bus::Fingerprint;
 
-/// Bounds of the index; see the module's documentation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdempotencyConfig {
-    pub window_ms: i64,
-    pub keys_per_owner_max: usize,
-    pub keys_max: usize,
-}
-
-impl Default for IdempotencyConfig {
-    fn default() -> IdempotencyConfig {
-        IdempotencyConfig {
-            window_ms: crate::limits::IDEMPOTENCY_WINDOW_MS_DEFAULT,
-            keys_per_owner_max: crate::limits::IDEMPOTENCY_KEYS_PER_OWNER_DEFAULT,
-            keys_max: crate::limits::IDEMPOTENCY_KEYS_DEFAULT,
-        }
-    }
-}
-
-impl IdempotencyConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.window_ms <= 0 {
-            return Err("idempotency window must be positive".into());
-        }
-        if self.keys_per_owner_max == 0 || self.keys_per_owner_max > self.keys_max {
-            return Err("idempotency keys_per_owner_max must be 1..=keys_max".into());
-        }
-        Ok(())
-    }
-}
+use crate::limits::IdempotencyConfig;
 
 /// What a request with a key may do.
 pub(crate) enum Claim<'a> {

@@ -59,8 +59,8 @@ pub use auth::{
     AccessConfig, Action, Client, Denied, ForwardedHeader, Grant, Prefix, Scope, Token,
 };
 pub use dead_letters::DEAD_LETTERS_TOPIC;
-pub use idempotency::IdempotencyConfig;
-pub use limits::IngestConfig;
+
+pub use limits::{IdempotencyConfig, IngestConfig};
 pub use metrics::Metrics;
 pub use schema::{ColumnKind, SCHEMAS_TOPIC};
 pub use tls::{Tls, crypto_provider};

@@ -85,7 +85,7 @@ pub struct IngestConfig {
     /// Bytes of names the registry holds in all, and per database.
     pub schema_bytes_max: usize,
     pub schema_database_bytes_max: usize,
-    pub idempotency: crate::idempotency::IdempotencyConfig,
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Default for IngestConfig {
@@ -105,7 +105,7 @@ impl Default for IngestConfig {
             schema_columns_max: SCHEMA_COLUMNS_DEFAULT,
             schema_bytes_max: SCHEMA_BYTES_DEFAULT,
             schema_database_bytes_max: SCHEMA_DATABASE_BYTES_DEFAULT,
-            idempotency: crate::idempotency::IdempotencyConfig::default(),
+            idempotency: IdempotencyConfig::default(),
         }
     }
 }
@@ -139,6 +139,55 @@ impl IngestConfig {
         }
         self.access.validate()?;
         self.idempotency.validate()?;
-        crate::write::validate_db(&self.udp_db).map_err(|reason| format!("udp_db: {reason}"))
+        validate_db(&self.udp_db).map_err(|reason| format!("udp_db: {reason}"))
     }
+}
+
+/// Bounds of the node-wide index of idempotency keys; see `idempotency.rs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyConfig {
+    pub window_ms: i64,
+    pub keys_per_owner_max: usize,
+    pub keys_max: usize,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> IdempotencyConfig {
+        IdempotencyConfig {
+            window_ms: IDEMPOTENCY_WINDOW_MS_DEFAULT,
+            keys_per_owner_max: IDEMPOTENCY_KEYS_PER_OWNER_DEFAULT,
+            keys_max: IDEMPOTENCY_KEYS_DEFAULT,
+        }
+    }
+}
+
+impl IdempotencyConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window_ms <= 0 {
+            return Err("idempotency window must be positive".into());
+        }
+        if self.keys_per_owner_max == 0 || self.keys_per_owner_max > self.keys_max {
+            return Err("idempotency keys_per_owner_max must be 1..=keys_max".into());
+        }
+        Ok(())
+    }
+}
+
+/// A database name as the gateway takes it.
+pub(crate) fn validate_db(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > DATABASE_NAME_BYTES_MAX {
+        return Err(format!(
+            "database name must be 1 to {DATABASE_NAME_BYTES_MAX} bytes"
+        ));
+    }
+    if name.starts_with('_') {
+        return Err("database names starting with '_' are reserved".into());
+    }
+    if !name
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'))
+    {
+        return Err("database names use ASCII letters, digits, '_' and '-'".into());
+    }
+    Ok(())
 }

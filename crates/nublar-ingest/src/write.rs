@@ -16,10 +16,11 @@ use nublar_model::{ParseLimits, ParsedLine, Precision, parse_lines, stored};
 use serde_json::json;
 
 use crate::auth::Action;
+use crate::dead_letters::Rejected;
 use crate::idempotency::Claim;
 use crate::limits::{
-    DATABASE_NAME_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX, PERMIT_BYTES, REJECTED_LINES_REPORTED_MAX,
-    RETRY_AFTER_SECONDS,
+    IDEMPOTENCY_KEY_BYTES_MAX, PERMIT_BYTES, REJECTED_LINES_REPORTED_MAX, RETRY_AFTER_SECONDS,
+    validate_db,
 };
 use crate::schema::Registered;
 use crate::{Inner, TELEMETRY_TOPIC, dead_letters};
@@ -67,14 +68,6 @@ pub(crate) struct WriteRequest {
     pub replay: bool,
 }
 
-pub(crate) struct Rejected {
-    pub line_number: usize,
-    /// The metric label and dead letter reason.
-    pub reason: &'static str,
-    pub original_line: String,
-    pub message: String,
-}
-
 pub(crate) struct WriteFailure {
     pub status: StatusCode,
     pub message: String,
@@ -105,24 +98,6 @@ impl WriteFailure {
             ..WriteFailure::plain(status, message)
         }
     }
-}
-
-pub(crate) fn validate_db(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > DATABASE_NAME_BYTES_MAX {
-        return Err(format!(
-            "database name must be 1 to {DATABASE_NAME_BYTES_MAX} bytes"
-        ));
-    }
-    if name.starts_with('_') {
-        return Err("database names starting with '_' are reserved".into());
-    }
-    if !name
-        .bytes()
-        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'))
-    {
-        return Err("database names use ASCII letters, digits, '_' and '-'".into());
-    }
-    Ok(())
 }
 
 /// Reads the request, runs the write and turns the outcome into a response.
