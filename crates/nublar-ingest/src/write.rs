@@ -405,9 +405,9 @@ async fn read_body(
             let mut decoder = flate2::read::GzDecoder::new(&raw[..]);
             let mut out = Vec::new();
             loop {
-                // Charged before it is made: the compressed body and what it has given so far,
-                // and one step more.
-                held.grow_to(raw.len() + out.len() + DECOMPRESS_STEP_BYTES)?;
+                // Charged before it is made: the compressed body, and twice what it has given
+                // so far and one step more (a growing buffer is copied into a larger one).
+                held.grow_to(raw.len() + 2 * (out.len() + DECOMPRESS_STEP_BYTES))?;
                 let read = (&mut decoder)
                     .take(DECOMPRESS_STEP_BYTES as u64)
                     .read_to_end(&mut out)

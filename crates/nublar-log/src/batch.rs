@@ -310,7 +310,10 @@ impl BatchBuilder {
         }
         // The payload is written right after room for the header, so that the records and
         // the batch are the only copies that exist at once.
-        let mut bytes = Vec::with_capacity(HEADER_BYTES + self.records.len() / 2);
+        // Room for the worst case (incompressible records grow by a little), so that the
+        // batch is never copied into a larger buffer as it is written.
+        let room = self.records.len() + self.records.len() / 128 + 1024;
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + room);
         bytes.resize(HEADER_BYTES, 0);
         match self.compression {
             Compression::None => bytes.extend_from_slice(&self.records),

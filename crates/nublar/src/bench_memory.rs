@@ -162,7 +162,8 @@ pub fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
         .collect();
     println!(
         "answers: {} stored (204), {} asked to come back (503), {} too large (413), {} \
-         refused (400), {} other, {} failed connections",
+         refused (400), {} other; {} requests ended by the node closing the connection (an \
+         early 503 before the body was read)",
         counts[0], counts[1], counts[2], counts[3], counts[4], counts[5]
     );
     println!(
