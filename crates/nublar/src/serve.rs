@@ -125,6 +125,13 @@ async fn serve(
     args: ServeArgs,
     lake_work: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
+    // Registered before anything else: until a handler exists, SIGTERM, SIGINT and SIGHUP end
+    // the process at once, without a drain. One that comes while the node starts is taken up
+    // once it serves: it then drains at once.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let hangup = signal(SignalKind::hangup())?;
     let node = args.node_config()?;
     let ingest = node.ingest()?;
     let log_dir = data.join("log");
@@ -138,8 +145,6 @@ async fn serve(
     let bus: Arc<dyn Bus> = EmbeddedBus::new(log.clone()).into_shared();
     let access = ingest.access.clone();
     let gateway = Gateway::new(bus.clone(), ingest).await?;
-    // Registered before anything else can take long: SIGHUP's default action ends the process.
-    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let reloading_config = (
         args.config.clone(),
         NodeConfig::load(args.config.as_deref())?,
@@ -355,10 +360,9 @@ async fn serve(
         })
     };
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
     }
     if let Some(speaker) = &bfd {
         announce_admin_down(speaker).await;

@@ -5,7 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::NodeProcess;
@@ -23,13 +23,22 @@ impl Start for NodeProcess {
     }
 
     fn start_with(data: &Path, http: &str, extra: &[&str]) -> Node {
+        let stderr = data.join("stderr.txt");
         let mut command = Command::new(env!("CARGO_BIN_EXE_nublar"));
         command
             .args(["serve", "--data", data.to_str().unwrap(), "--http", http])
             .args(["--udp", "127.0.0.1:0", "--partitions", "2"])
             .args(extra)
-            .stderr(Stdio::null());
-        NodeProcess::spawn(command, String::new)
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&stderr)
+                    .unwrap(),
+            );
+        NodeProcess::spawn(command, move || {
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        })
     }
 }
 
@@ -89,7 +98,12 @@ fn a_retry_after_a_crash_and_restart_stores_no_second_copy() {
         204
     );
     node.signal(libc::SIGTERM);
-    assert!(node.wait_exit(Duration::from_secs(20)).success());
+    let status = node.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        std::fs::read_to_string(data.path().join("stderr.txt")).unwrap_or_default()
+    );
     assert_eq!(
         stored_records(data.path()),
         2,
