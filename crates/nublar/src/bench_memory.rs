@@ -2,9 +2,11 @@
 //! allow, beside the bound the documentation states.
 //!
 //! Every connection the node allows sends, again and again, the most expensive gzip body
-//! it accepts, half of them line protocol and half JSON: bodies that decompress to many
-//! lines of tiny number fields, each of which takes several times its text in the log's
-//! stored layout, so that a request's batch is near the largest one a reader takes. The
+//! it accepts, half of them line protocol and half JSON: bodies of events of fifty tiny
+//! number fields, each of which takes several times its text in the log's stored layout,
+//! and as many of them as make the largest batch a reader takes (one more event and the
+//! body gets 413). What a request is charged grows with its text and its batch; no other
+//! shape makes both as large within the limits. The
 //! node runs its gateway and log only (lake and processors off: they have bounds of their
 //! own), at its default limits apart from the connection bound. The benchmark samples the
 //! node's resident set while the load runs and reads its high-water mark (`VmHWM`) at the
@@ -39,10 +41,10 @@ pub struct MemoryBenchArgs {
     /// The node's `http.in_flight_bytes_max`.
     #[arg(long, default_value_t = nublar_ingest::IngestConfig::default().in_flight_bytes_max)]
     in_flight_bytes_max: usize,
-    /// Bytes of line protocol a body decompresses to (JSON bodies make about as large a
-    /// batch); the default makes a batch just under the 64 MiB a reader takes.
-    #[arg(long, default_value_t = 22 << 20)]
-    body_bytes: usize,
+    /// Events per body [default: the most whose batch a reader takes, 64 MiB in the log's
+    /// stored layout; one more and the body gets 413].
+    #[arg(long)]
+    events: Option<usize>,
 }
 
 /// What the bound allows each connection besides its request: its read buffer
@@ -75,21 +77,23 @@ pub fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
     let pid = node.0.id();
     std::thread::sleep(Duration::from_millis(500));
     let at_start = status_kib(pid, "VmRSS")? * 1024;
-    let (line_protocol, json) = (
-        worst_line_protocol(args.body_bytes),
-        worst_json(args.body_bytes),
-    );
+    let events = match args.events {
+        Some(events) => events,
+        None => events_in_the_largest_batch()?,
+    };
+    let (line_protocol, json) = (worst_line_protocol(events), worst_json(events));
     let (line_protocol_gzip, json_gzip) = (gzip(&line_protocol)?, gzip(&json)?);
     println!("{}", crate::bench::machine_line());
     println!(
         "one node, gateway and log only: http.in_flight_bytes_max {} MiB, http.connections_max \
-         {}, other limits at their defaults; {} connections send for {} s: line protocol \
-         gzip {:.1} MiB of {:.1} MiB, JSON gzip {:.1} MiB of {:.1} MiB, both of 50 number \
-         fields a line",
+         {}, other limits at their defaults; {} connections send for {} s bodies of {} events \
+         of 50 number fields: line protocol gzip {:.1} MiB of {:.1} MiB, JSON gzip {:.1} MiB \
+         of {:.1} MiB",
         args.in_flight_bytes_max >> 20,
         args.connections,
         args.connections,
         args.seconds,
+        events,
         mib(line_protocol_gzip.len() as u64),
         mib(line_protocol.len() as u64),
         mib(json_gzip.len() as u64),
@@ -102,10 +106,11 @@ pub fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
     ]);
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
     let statuses: Arc<[AtomicU64; 6]> = Arc::new(Default::default());
+    let others: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, u64>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let senders: Vec<_> = (0..args.connections)
         .map(|index| {
-            let (bodies, statuses) = (bodies.clone(), statuses.clone());
+            let (bodies, statuses, others) = (bodies.clone(), statuses.clone(), others.clone());
             let requests = args.requests;
             std::thread::spawn(move || {
                 let mut connection = Connection::new(http);
@@ -125,7 +130,10 @@ pub fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
                         Ok((503, _)) => 1,
                         Ok((413, _)) => 2,
                         Ok((400, _)) => 3,
-                        Ok(_) => 4,
+                        Ok((status, _)) => {
+                            *others.lock().unwrap().entry(status).or_default() += 1;
+                            4
+                        }
                         Err(_) => 5,
                     };
                     statuses[slot].fetch_add(1, Ordering::Relaxed);
@@ -162,9 +170,15 @@ pub fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
         .collect();
     println!(
         "answers: {} stored (204), {} asked to come back (503), {} too large (413), {} \
-         refused (400), {} other; {} requests ended by the node closing the connection (an \
-         early 503 before the body was read)",
-        counts[0], counts[1], counts[2], counts[3], counts[4], counts[5]
+         refused (400), {} other {:?}; {} requests ended by the node closing the connection \
+         (an early 503 before the body was read)",
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3],
+        counts[4],
+        others.lock().unwrap(),
+        counts[5]
     );
     println!(
         "RSS at start {:.0} MiB; peak {:.0} MiB (highest sample {:.0} MiB); bound {:.0} MiB \
@@ -190,31 +204,63 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// Lines of fifty one-digit number fields: four bytes of text a field, eleven in the log.
-fn worst_line_protocol(bytes: usize) -> Vec<u8> {
-    let fields: Vec<String> = (0..50).map(|index| format!("f{index}=1")).collect();
-    let mut body = Vec::with_capacity(bytes + 1024);
-    let mut time = 1_700_000_000_000_000_000u64;
-    while body.len() < bytes {
-        time += 1;
-        body.extend_from_slice(format!("m {} {time}\n", fields.join(",")).as_bytes());
+/// The fifty fields of an event, `f0` to `f49`, each a one-digit number: a few bytes of text
+/// each, and thirteen in the log's stored layout.
+fn field_names() -> Vec<String> {
+    (0..50).map(|index| format!("f{index}")).collect()
+}
+
+fn line(time: u64) -> String {
+    let fields: Vec<String> = field_names()
+        .iter()
+        .map(|name| format!("{name}=1"))
+        .collect();
+    format!("m {} {time}\n", fields.join(","))
+}
+
+/// How many such events make the largest batch a reader takes, with a margin for the
+/// batch's headers.
+fn events_in_the_largest_batch() -> anyhow::Result<usize> {
+    let text = line(1_700_000_000_000_000_000);
+    let (_, parsed) = nublar_model::parse_lines(
+        text.as_bytes(),
+        nublar_model::Precision::Ns,
+        nublar_model::ParseLimits::default(),
+    )
+    .next()
+    .context("a line")?;
+    let mut stored = Vec::new();
+    nublar_model::stored::encode(
+        &parsed.map_err(|error| anyhow::anyhow!("{error}"))?,
+        &mut stored,
+    );
+    // A record adds its length, attributes, deltas, key and header count.
+    let record = stored.len() + 16;
+    Ok((nublar_bus::BATCH_RECORDS_BYTES_MAX - (1 << 20)) / record)
+}
+
+/// `events` lines of line protocol.
+fn worst_line_protocol(events: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    for index in 0..events {
+        body.extend_from_slice(line(1_700_000_000_000_000_000 + index as u64).as_bytes());
     }
     body
 }
 
-/// As [`worst_line_protocol`], as JSON events, one per line.
-fn worst_json(bytes: usize) -> Vec<u8> {
-    let fields: Vec<String> = (0..50).map(|index| format!("\"f{index}\":1")).collect();
-    let mut body = Vec::with_capacity(bytes + 1024);
-    let mut time = 1_700_000_000_000_000_000u64;
-    while body.len() < bytes {
-        time += 1;
+/// The same events as JSON, one per line.
+fn worst_json(events: usize) -> Vec<u8> {
+    let fields: Vec<String> = field_names()
+        .iter()
+        .map(|name| format!("\"{name}\":1"))
+        .collect();
+    let fields = fields.join(",");
+    let mut body = Vec::new();
+    for index in 0..events {
+        let time = 1_700_000_000_000_000_000u64 + index as u64;
         body.extend_from_slice(
-            format!(
-                "{{\"measurement\":\"m\",\"fields\":{{{}}},\"time\":{time}}}\n",
-                fields.join(",")
-            )
-            .as_bytes(),
+            format!("{{\"measurement\":\"m\",\"fields\":{{{fields}}},\"time\":{time}}}\n")
+                .as_bytes(),
         );
     }
     body

@@ -329,8 +329,8 @@ fn the_memory_benchmark_loads_a_node_and_states_its_peak_beside_the_bound() {
         "1",
         "--requests",
         "3",
-        "--body-bytes",
-        "200000",
+        "--events",
+        "2000",
         "--in-flight-bytes-max",
         "67108864",
     ]);
