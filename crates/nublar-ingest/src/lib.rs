@@ -62,7 +62,7 @@ pub use dead_letters::DEAD_LETTERS_TOPIC;
 
 pub use limits::{IdempotencyConfig, IngestConfig};
 pub use metrics::Metrics;
-pub use schema::{ColumnKind, SCHEMAS_TOPIC};
+pub use schema::SCHEMAS_TOPIC;
 pub use tls::{Tls, crypto_provider};
 use write::{Dialect, WriteRequest};
 

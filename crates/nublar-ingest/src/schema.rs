@@ -30,18 +30,11 @@ use std::fmt;
 use std::sync::RwLock;
 
 use nublar_bus::{BatchBuilder, Bus, BusError, Compression, Start, TopicConfig};
-use nublar_model::{FieldType, ParsedLine};
+use nublar_model::{ColumnKind, FieldType, ParsedLine};
 use serde::{Deserialize, Serialize};
 
 /// The topic the registry is kept in.
 pub const SCHEMAS_TOPIC: &str = "_schemas";
-
-/// What a column of a table is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ColumnKind {
-    Tag,
-    Field(FieldType),
-}
 
 /// Why a line does not fit the schema.
 #[derive(Debug)]

@@ -16,7 +16,7 @@ use deltalake::arrow::array::{
 use deltalake::arrow::datatypes::{DataType as ArrowType, SchemaRef};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::{DataType, StructField};
-use nublar_model::{FieldType, FieldValue, ParsedLine};
+use nublar_model::{ColumnKind, FieldType, FieldValue, ParsedLine};
 
 /// The event time, as a Delta `timestamp` (microseconds, UTC).
 pub const TIME: &str = "time";
@@ -41,23 +41,15 @@ pub fn own_columns() -> Vec<StructField> {
     ]
 }
 
-/// What a sender's column holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ColumnKind {
-    Tag,
-    Field(FieldType),
-}
-
-impl ColumnKind {
-    pub fn delta_type(self) -> DataType {
-        match self {
-            ColumnKind::Tag | ColumnKind::Field(FieldType::Str) => DataType::STRING,
-            ColumnKind::Field(FieldType::F64) => DataType::DOUBLE,
-            ColumnKind::Field(FieldType::I64) => DataType::LONG,
-            ColumnKind::Field(FieldType::Bool) => DataType::BOOLEAN,
-            ColumnKind::Field(FieldType::U64) => {
-                DataType::decimal(20, 0).expect("20 digits at scale 0 is a valid decimal")
-            }
+/// The Delta type of a sender's column of `kind`.
+pub fn delta_type(kind: ColumnKind) -> DataType {
+    match kind {
+        ColumnKind::Tag | ColumnKind::Field(FieldType::Str) => DataType::STRING,
+        ColumnKind::Field(FieldType::F64) => DataType::DOUBLE,
+        ColumnKind::Field(FieldType::I64) => DataType::LONG,
+        ColumnKind::Field(FieldType::Bool) => DataType::BOOLEAN,
+        ColumnKind::Field(FieldType::U64) => {
+            DataType::decimal(20, 0).expect("20 digits at scale 0 is a valid decimal")
         }
     }
 }

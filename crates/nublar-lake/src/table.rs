@@ -18,10 +18,10 @@ use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
-use nublar_model::FieldType;
+use nublar_model::ColumnKind;
 
 use crate::LakeError;
-use crate::buffer::{ColumnKind, DAY, TableBuffer, own_columns};
+use crate::buffer::{DAY, TableBuffer, delta_type, own_columns};
 use crate::names;
 use crate::store::DurableLocalStore;
 
@@ -48,25 +48,10 @@ pub fn app_id(topic: &str, partition: u32) -> String {
     format!("{topic}/{partition}")
 }
 
-/// A column's kind as the schema registry writes it: `tag`, or the field type's stored name.
-fn kind_name(kind: ColumnKind) -> &'static str {
-    match kind {
-        ColumnKind::Tag => "tag",
-        ColumnKind::Field(field_type) => field_type.stored_name(),
-    }
-}
-
-fn kind_from_name(name: &str) -> Option<ColumnKind> {
-    match name {
-        "tag" => Some(ColumnKind::Tag),
-        name => FieldType::from_stored_name(name).map(ColumnKind::Field),
-    }
-}
-
 /// The Delta column for a sender's column.
 fn delta_field(name: &str, kind: ColumnKind) -> StructField {
-    StructField::new(names::encode(name), kind.delta_type(), true)
-        .with_metadata([(KIND_KEY, kind_name(kind)), (NAME_KEY, name)])
+    StructField::new(names::encode(name), delta_type(kind), true)
+        .with_metadata([(KIND_KEY, kind.stored_name()), (NAME_KEY, name)])
 }
 
 /// The Delta table in `dir` through `store`, which every write of it then goes through;
@@ -178,7 +163,9 @@ impl Table {
         for field in schema.fields() {
             let metadata = field.metadata();
             let kind = metadata.get(KIND_KEY).and_then(|value| match value {
-                deltalake::kernel::MetadataValue::String(text) => kind_from_name(text),
+                deltalake::kernel::MetadataValue::String(text) => {
+                    ColumnKind::from_stored_name(text)
+                }
                 _ => None,
             });
             let name = metadata.get(NAME_KEY).and_then(|value| match value {
@@ -349,19 +336,5 @@ mod tests {
         assert!(!is_staging_name("part-0001.parquet"));
         assert!(!is_staging_name("odd#name.parquet"));
         assert!(!is_staging_name("x#"));
-    }
-
-    #[test]
-    fn kinds_have_names_that_read_back() {
-        for kind in [
-            ColumnKind::Tag,
-            ColumnKind::Field(FieldType::F64),
-            ColumnKind::Field(FieldType::I64),
-            ColumnKind::Field(FieldType::U64),
-            ColumnKind::Field(FieldType::Bool),
-            ColumnKind::Field(FieldType::Str),
-        ] {
-            assert_eq!(kind_from_name(kind_name(kind)), Some(kind));
-        }
     }
 }

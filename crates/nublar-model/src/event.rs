@@ -59,6 +59,32 @@ pub enum FieldType {
     Str,
 }
 
+/// What a column of a table is: a tag (text), or a field of one type. The schema registry
+/// records it for every column, and the lake keeps it in each column's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnKind {
+    Tag,
+    Field(FieldType),
+}
+
+impl ColumnKind {
+    /// The name the lake stores it by: `tag`, or the field type's stored name.
+    pub fn stored_name(self) -> &'static str {
+        match self {
+            ColumnKind::Tag => "tag",
+            ColumnKind::Field(field_type) => field_type.stored_name(),
+        }
+    }
+
+    /// The kind a [`ColumnKind::stored_name`] names.
+    pub fn from_stored_name(name: &str) -> Option<ColumnKind> {
+        match name {
+            "tag" => Some(ColumnKind::Tag),
+            name => FieldType::from_stored_name(name).map(ColumnKind::Field),
+        }
+    }
+}
+
 /// The unit of the timestamps in a body, chosen by the sender per request as InfluxDB's
 /// `precision` parameter does; nublar stores nanoseconds only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -299,5 +325,19 @@ mod tests {
         assert_eq!(owned.tag("k"), Some("v"));
         assert_eq!(owned.field("f"), Some(&FieldValue::Str("s".into())));
         assert_eq!(owned.field("g"), None);
+    }
+
+    #[test]
+    fn kinds_have_names_that_read_back() {
+        for kind in [
+            ColumnKind::Tag,
+            ColumnKind::Field(FieldType::F64),
+            ColumnKind::Field(FieldType::I64),
+            ColumnKind::Field(FieldType::U64),
+            ColumnKind::Field(FieldType::Bool),
+            ColumnKind::Field(FieldType::Str),
+        ] {
+            assert_eq!(ColumnKind::from_stored_name(kind.stored_name()), Some(kind));
+        }
     }
 }

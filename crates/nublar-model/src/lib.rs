@@ -6,13 +6,14 @@
 
 pub mod bench;
 pub mod event;
+pub mod geo;
 pub mod json;
 pub mod limits;
 pub mod line_protocol;
 pub mod stored;
 
 pub use event::{
-    Event, Field, FieldType, FieldValue, ParsedLine, Precision, Tag, TimestampOverflow,
+    ColumnKind, Event, Field, FieldType, FieldValue, ParsedLine, Precision, Tag, TimestampOverflow,
 };
 pub use limits::ParseLimits;
 pub use line_protocol::{Lines, ParseError, ParseErrorKind, parse_lines, write_line};

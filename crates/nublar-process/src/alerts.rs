@@ -12,8 +12,8 @@
 
 use std::collections::HashMap;
 
+use nublar_model::geo::{GeoPoint, polygon_contains};
 use nublar_model::{FieldValue, ParsedLine};
-use nublar_sim::geo::{GeoPoint, polygon_contains};
 use serde::{Deserialize, Serialize};
 
 use crate::series::{ByDigest, canonical_series, series_digest};

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
+use nublar_model::geo::GeoPoint;
 use nublar_model::{Field, FieldValue, ParsedLine, Tag};
 use nublar_process::alerts::{Alert, AlertState, Alerts, Rule, RuleKind};
-use nublar_sim::geo::GeoPoint;
 use nublar_sim::{Park, ParkConfig};
 
 const SECOND: i64 = 1_000_000_000;

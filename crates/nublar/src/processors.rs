@@ -298,7 +298,7 @@ impl ProcessorsSection {
     fn rules(&self, data: &Path) -> anyhow::Result<Vec<Rule>> {
         let mut rules = Vec::new();
         let mut names = std::collections::HashSet::new();
-        let mut paddocks: Option<Option<HashMap<String, Vec<nublar_sim::geo::GeoPoint>>>> = None;
+        let mut paddocks: Option<Option<HashMap<String, Vec<nublar_model::geo::GeoPoint>>>> = None;
         for (index, section) in self.alerts.rules.iter().enumerate() {
             let name = &section.name;
             let at = format!("processors.alerts.rules[{index}] ({name:?})");
@@ -398,7 +398,7 @@ impl ProcessorsSection {
 /// The paddocks' fences of the park file, by name; `None` when there is no file.
 fn read_paddocks(
     path: &Path,
-) -> anyhow::Result<Option<HashMap<String, Vec<nublar_sim::geo::GeoPoint>>>> {
+) -> anyhow::Result<Option<HashMap<String, Vec<nublar_model::geo::GeoPoint>>>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
