@@ -19,15 +19,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-pub use nublar_log::limits::BATCH_KEY_BYTES_MAX;
+pub use nublar_batch::limits::BATCH_KEY_BYTES_MAX;
 /// The most a batch's records may take before compression: what every reader
 /// decompresses at most, and so what every producer must stay within.
-pub use nublar_log::limits::DECOMPRESSED_BYTES_MAX as BATCH_RECORDS_BYTES_MAX;
-use nublar_log::{AppendError, Log, LogError, ReadError};
-pub use nublar_log::{
-    AppendOutcome, Batch, BatchBuilder, BatchError, BatchView, Compression, Durability,
-    Fingerprint, Guarantee, KeyEntry, ReadBatches, Record, TopicConfig,
+pub use nublar_batch::limits::DECOMPRESSED_BYTES_MAX as BATCH_RECORDS_BYTES_MAX;
+pub use nublar_batch::{
+    Batch, BatchBuilder, BatchError, BatchView, Compression, Fingerprint, ReadBatches, Record,
 };
+use nublar_log::{AppendError, Log, LogError, ReadError};
+pub use nublar_log::{AppendOutcome, Durability, Guarantee, KeyEntry, TopicConfig};
 
 pub use stalls::{Stall, Stalls, Unreadable};
 

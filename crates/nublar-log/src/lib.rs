@@ -12,7 +12,8 @@
 //! records mean.** It reads the time only through [`Clock`] and the disk only
 //! through [`storage::Storage`].
 
-pub mod batch;
+/// The record batch codec the log stores (its own crate, which every bus shares).
+pub use nublar_batch as batch;
 mod config;
 mod dedup;
 mod groups;
@@ -22,7 +23,9 @@ mod partition;
 mod segment;
 pub mod storage;
 
-pub use batch::{Batch, BatchBuilder, BatchError, BatchView, Compression, Fingerprint, Record};
+pub use batch::{
+    Batch, BatchBuilder, BatchError, BatchView, Compression, Fingerprint, ReadBatches, Record,
+};
 pub use config::{
     AppendError, Clock, Durability, Guarantee, LogError, ManualClock, ReadError, SystemClock,
     TopicConfig,
@@ -31,4 +34,4 @@ pub use dedup::KeyEntry;
 pub use event_listener::EventListener;
 pub use groups::GroupState;
 pub use log::{Log, OpenOptions, PartitionInfo, validate_name};
-pub use partition::{AppendOutcome, ReadBatches, RetentionOutcome};
+pub use partition::{AppendOutcome, RetentionOutcome};

@@ -3,18 +3,15 @@
 //! Defaults live here too, so that the relationships between them can be checked
 //! when the crate compiles rather than discovered in production.
 
-/// The largest batch, header included, that one append may carry.
-pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The codec's bounds on a batch: its size, records, key and what its records decompress to.
+pub use nublar_batch::limits::{
+    BATCH_BYTES_MAX, BATCH_KEY_BYTES_MAX, BATCH_RECORDS_MAX, DECOMPRESSED_BYTES_MAX,
+};
+
 /// The default batch limit of a topic; a topic may lower or raise it up to [`BATCH_BYTES_MAX`].
 pub const BATCH_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
 /// The largest single record (key, value and headers encoded) a topic accepts by default.
 pub const RECORD_BYTES_DEFAULT: usize = 1024 * 1024;
-/// Kafka's own bound on records per batch is `i32`; ours is far lower so that a
-/// corrupt count can never drive an allocation.
-pub const BATCH_RECORDS_MAX: usize = 1_000_000;
-/// Decompressed records may not exceed this many times the batch limit: a bound
-/// on compression bombs read back from disk or received from a client.
-pub const DECOMPRESSED_BYTES_MAX: usize = 4 * BATCH_BYTES_MAX;
 
 /// Segment positions are stored as `u32` in the offset index, and a segment may
 /// overshoot its configured size by one batch, so the configured size stays one
@@ -36,9 +33,6 @@ pub const TIME_INDEX_ENTRY_BYTES: usize = 12;
 /// How many batch keys a partition remembers by default, and for how long.
 pub const DEDUP_KEYS_DEFAULT: usize = 100_000;
 pub const DEDUP_WINDOW_MS_DEFAULT: i64 = 15 * 60 * 1000;
-/// Batch keys are opaque strings chosen by clients: bounded so that the window's
-/// memory is bounded by `keys × KEY_BYTES_MAX`.
-pub const BATCH_KEY_BYTES_MAX: usize = 256;
 
 /// A reader asks for at most this many bytes in one read.
 pub const READ_BYTES_MAX: usize = 64 * 1024 * 1024;

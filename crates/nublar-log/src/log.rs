@@ -10,13 +10,14 @@ use std::time::Duration;
 use event_listener::EventListener;
 
 use crate::batch::Batch;
+use crate::batch::ReadBatches;
 use crate::config::{
     AppendError, Clock, Durability, LogError, ReadError, SystemClock, TopicConfig,
 };
 use crate::dedup::KeyEntry;
 use crate::groups::{GroupState, Groups};
 use crate::limits::{GROUP_NAME_BYTES_MAX, RETENTION_CHECK_MS, TOPIC_NAME_BYTES_MAX};
-use crate::partition::{AppendOutcome, Partition, PartitionContext, ReadBatches, RetentionOutcome};
+use crate::partition::{AppendOutcome, Partition, PartitionContext, RetentionOutcome};
 use crate::storage::{FsStorage, OpenMode, Storage};
 
 const LOCK_FILE: &str = "LOCK";

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use event_listener::{Event, EventListener, Listener};
 
-use crate::batch::{Batch, BatchView};
+use crate::batch::{Batch, BatchView, ReadBatches};
 use crate::config::{AppendError, Clock, Durability, Guarantee, ReadError, TopicConfig};
 use crate::dedup::{KeyEntry, KeyWindow};
 use crate::limits::{
@@ -53,48 +53,6 @@ pub struct AppendOutcome {
     /// The batch key was seen before: these are the first append's offsets and
     /// nothing new was written.
     pub deduplicated: bool,
-}
-
-/// Whole batches read from one partition, in offset order.
-#[derive(Clone, Debug, Default)]
-pub struct ReadBatches {
-    bytes: Vec<u8>,
-}
-
-impl ReadBatches {
-    pub fn from_bytes(bytes: Vec<u8>) -> ReadBatches {
-        ReadBatches { bytes }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.bytes
-    }
-
-    /// The batches; each was checked (header and CRC) when it was read.
-    pub fn iter(&self) -> impl Iterator<Item = BatchView<'_>> {
-        let mut rest = &self.bytes[..];
-        std::iter::from_fn(move || {
-            if rest.is_empty() {
-                return None;
-            }
-            let view = BatchView::parse(rest).expect("read batches were parsed when read");
-            rest = &rest[view.len_bytes()..];
-            Some(view)
-        })
-    }
-
-    /// The offset after the last batch, where the next read starts.
-    pub fn next_offset(&self) -> Option<i64> {
-        self.iter().last().map(|view| view.next_offset())
-    }
 }
 
 /// Counters of one partition, read by `describe` and metrics.
@@ -1251,7 +1209,7 @@ impl Partition {
             // mean the segment lost its tail.
             return Err(corruption(offset, "offset missing from its segment".into()));
         }
-        Ok(ReadBatches { bytes: out })
+        Ok(ReadBatches::from_bytes(out))
     }
 
     /// The first offset whose append time is at or after `timestamp_ms`, or

@@ -1,7 +1,8 @@
 //! Record batches in Kafka's RecordBatch v2 layout (magic 2), byte for byte.
 //!
-//! The log stores these bytes verbatim, so a later Kafka protocol endpoint can
-//! serve them without re-encoding. The layout, big-endian throughout:
+//! The embedded log stores these bytes verbatim and a Kafka broker takes and
+//! gives the same, so every bus carries them without re-encoding: this crate is
+//! what the log and every bus share, and nothing else. The layout, big-endian throughout:
 //!
 //! | offset | size | field                  | in CRC |
 //! |-------:|-----:|------------------------|:------:|
@@ -31,6 +32,22 @@ use std::io::{Read, Write};
 use crate::limits::{
     BATCH_BYTES_MAX, BATCH_KEY_BYTES_MAX, BATCH_RECORDS_MAX, DECOMPRESSED_BYTES_MAX,
 };
+
+/// The codec's bounds, with the unit last in each name.
+pub mod limits {
+    /// The largest batch, header included, that one append may carry.
+    pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+    /// Kafka's own bound on records per batch is `i32`; ours is far lower so that a
+    /// corrupt count can never drive an allocation.
+    pub const BATCH_RECORDS_MAX: usize = 1_000_000;
+    /// Decompressed records may not exceed this many times the batch limit: a bound
+    /// on compression bombs read back from disk or received from a client, and the most a
+    /// producer may put in one batch, since no reader would take more.
+    pub const DECOMPRESSED_BYTES_MAX: usize = 4 * BATCH_BYTES_MAX;
+    /// Batch keys are opaque strings chosen by clients: bounded so that a window of keys
+    /// is bounded by `keys × BATCH_KEY_BYTES_MAX`.
+    pub const BATCH_KEY_BYTES_MAX: usize = 256;
+}
 
 /// The record header that carries a batch's idempotency key, on its first record.
 pub const BATCH_KEY_HEADER: &str = "nublar-batch-key";
@@ -481,9 +498,9 @@ impl Batch {
         self.records_bytes
     }
 
-    /// Stamps what only the log knows (the offset and the append time) and
-    /// recomputes the CRC, which covers the timestamps.
-    pub(crate) fn stamp(&mut self, base_offset: i64, append_time_ms: i64) {
+    /// Stamps what only the log that stores the batch knows (the offset and the
+    /// append time) and recomputes the CRC, which covers the timestamps.
+    pub fn stamp(&mut self, base_offset: i64, append_time_ms: i64) {
         self.bytes[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_be_bytes());
         self.bytes[BASE_TIMESTAMP_AT..BASE_TIMESTAMP_AT + 8]
             .copy_from_slice(&append_time_ms.to_be_bytes());
@@ -962,6 +979,50 @@ fn take_sized<'a>(rest: &mut &'a [u8]) -> Result<Option<&'a [u8]>, &'static str>
     let (field, after) = rest.split_at(length as usize);
     *rest = after;
     Ok(Some(field))
+}
+
+/// Whole batches read from one partition, in offset order, each checked (header and CRC)
+/// by whoever read them.
+#[derive(Clone, Debug, Default)]
+pub struct ReadBatches {
+    bytes: Vec<u8>,
+}
+
+impl ReadBatches {
+    /// Batches back to back, as a reader that has parsed and checked each one hands them on.
+    pub fn from_bytes(bytes: Vec<u8>) -> ReadBatches {
+        ReadBatches { bytes }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// The batches; each was checked (header and CRC) when it was read.
+    pub fn iter(&self) -> impl Iterator<Item = BatchView<'_>> {
+        let mut rest = &self.bytes[..];
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let view = BatchView::parse(rest).expect("read batches were parsed when read");
+            rest = &rest[view.len_bytes()..];
+            Some(view)
+        })
+    }
+
+    /// The offset after the last batch, where the next read starts.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.iter().last().map(|view| view.next_offset())
+    }
 }
 
 #[cfg(test)]
