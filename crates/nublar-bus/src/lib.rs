@@ -1,8 +1,10 @@
 //! The one interface through which nublar produces and consumes.
 //!
 //! Everything after the log (the gateway, the processors, the lake sink) holds
-//! an `Arc<dyn Bus>` and never names the log behind it. The embedded log is
-//! the first implementation ([`EmbeddedBus`]); a Kafka one fits the same trait.
+//! an `Arc<dyn Bus>` and never names what is behind it. The embedded log (crate
+//! `nublar-bus-embedded`) is one implementation and [`MemoryBus`] another; a
+//! Kafka one fits the same trait, and [`contract`] (feature `contract`) is the
+//! test suite every implementation passes.
 //!
 //! The currency both ways is the Kafka RecordBatch v2 batch ([`Batch`] in,
 //! [`ReadBatches`] out): what the embedded log stores verbatim and what a
@@ -13,9 +15,11 @@
 //! retried batch gets its first offsets back, `deduplicated` set); on Kafka
 //! the header travels with the batch and duplicates are recognised downstream.
 
+#[cfg(feature = "contract")]
+pub mod contract;
+mod memory;
 mod stalls;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,10 +30,87 @@ pub use nublar_batch::limits::DECOMPRESSED_BYTES_MAX as BATCH_RECORDS_BYTES_MAX;
 pub use nublar_batch::{
     Batch, BatchBuilder, BatchError, BatchView, Compression, Fingerprint, ReadBatches, Record,
 };
-use nublar_log::{AppendError, Log, LogError, ReadError};
-pub use nublar_log::{AppendOutcome, Durability, Guarantee, KeyEntry, TopicConfig};
 
+pub use memory::MemoryBus;
 pub use stalls::{Stall, Stalls, Unreadable};
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Once on stable storage (on Kafka: once every in-sync replica has it).
+    #[default]
+    Fsync,
+    /// Once written; the bus makes it durable within `ms` milliseconds, and a
+    /// machine crash may lose the last `ms` of acknowledged appends.
+    Interval { ms: u64 },
+    /// Once written; never forced to stable storage.
+    None,
+}
+
+/// What an acknowledged append survives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guarantee {
+    /// A crash of the machine.
+    Synced,
+    /// A crash of the process, not of the machine.
+    Written,
+    /// Nothing: the batch is in the bus's memory only (the in-memory bus).
+    Memory,
+}
+
+/// A topic as every bus understands it. What only one bus has (the embedded
+/// log's segment sizes, Kafka's replication) is that bus's own configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicConfig {
+    pub partitions: u32,
+    pub durability: Durability,
+    /// Data older than this may be deleted (`None`: kept by age forever).
+    pub retention_ms: Option<i64>,
+    /// Data past this size per partition may be deleted, oldest first.
+    pub retention_bytes: Option<u64>,
+}
+
+impl Default for TopicConfig {
+    fn default() -> TopicConfig {
+        TopicConfig {
+            partitions: 1,
+            durability: Durability::Fsync,
+            retention_ms: Some(7 * 24 * 60 * 60 * 1000),
+            retention_bytes: None,
+        }
+    }
+}
+
+impl TopicConfig {
+    pub fn with_partitions(partitions: u32) -> TopicConfig {
+        TopicConfig {
+            partitions,
+            ..TopicConfig::default()
+        }
+    }
+}
+
+/// An acknowledged append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub guarantee: Guarantee,
+    /// The batch key was seen before: these are the first append's offsets
+    /// and nothing new was written.
+    pub deduplicated: bool,
+}
+
+/// A batch key a partition remembers, and what it stood for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RememberedKey {
+    pub key: String,
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub append_ms: i64,
+    /// What the key stood for when it was appended, if the producer said.
+    pub fingerprint: Option<Fingerprint>,
+}
 
 /// Where a read starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,264 +228,13 @@ pub trait Bus: Send + Sync + 'static {
     /// and why), for readiness; empty when all is well.
     fn problems(&self) -> Vec<String>;
 
-    /// The batch keys the partition remembers (key, offsets, append time,
-    /// fingerprint), oldest first; empty on a bus that keeps none.
+    /// The batch keys the partition remembers, oldest first; empty on a bus
+    /// that keeps none.
     async fn batch_keys(
         &self,
         _topic: &str,
         _partition: u32,
-    ) -> Result<Vec<(String, KeyEntry)>, BusError> {
+    ) -> Result<Vec<RememberedKey>, BusError> {
         Ok(Vec::new())
-    }
-}
-
-/// The embedded log as a bus. Blocking log calls run on tokio's blocking
-/// pool, so an `fsync` wait never stalls the async workers.
-#[derive(Clone)]
-pub struct EmbeddedBus {
-    log: Log,
-}
-
-impl EmbeddedBus {
-    pub fn new(log: Log) -> EmbeddedBus {
-        EmbeddedBus { log }
-    }
-
-    pub fn log(&self) -> &Log {
-        &self.log
-    }
-
-    pub fn into_shared(self) -> Arc<dyn Bus> {
-        Arc::new(self)
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Log) -> Result<T, BusError> + Send + 'static,
-    ) -> Result<T, BusError> {
-        let log = self.log.clone();
-        tokio::task::spawn_blocking(move || work(&log))
-            .await
-            .map_err(|error| BusError::Unavailable(format!("log task failed: {error}")))?
-    }
-}
-
-#[async_trait]
-impl Bus for EmbeddedBus {
-    async fn ensure_topic(&self, topic: &str, config: TopicConfig) -> Result<(), BusError> {
-        let topic = topic.to_owned();
-        self.blocking(move |log| log.create_topic(&topic, config).map_err(from_log_error))
-            .await
-    }
-
-    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
-        self.log
-            .topic_config(topic)
-            .map(|config| config.partitions)
-            .ok_or_else(|| BusError::UnknownTopic(topic.to_owned()))
-    }
-
-    async fn append(
-        &self,
-        topic: &str,
-        partition: u32,
-        batch: Batch,
-    ) -> Result<AppendOutcome, BusError> {
-        let topic = topic.to_owned();
-        self.blocking(move |log| {
-            log.append(&topic, partition, batch)
-                .map_err(from_append_error)
-        })
-        .await
-    }
-
-    async fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        start: Start,
-        max_bytes: usize,
-    ) -> Result<ReadBatches, BusError> {
-        let topic = topic.to_owned();
-        self.blocking(move |log| {
-            let offset = match start {
-                Start::Offset(offset) => offset,
-                Start::Time(timestamp_ms) => log
-                    .offset_for_time(&topic, partition, timestamp_ms)
-                    .map_err(from_read_error)?,
-            };
-            log.read(&topic, partition, offset, max_bytes)
-                .map_err(from_read_error)
-        })
-        .await
-    }
-
-    async fn offsets(&self, topic: &str, partition: u32) -> Result<OffsetRange, BusError> {
-        let start = self
-            .log
-            .start_offset(topic, partition)
-            .map_err(from_read_error)?;
-        let end = self
-            .log
-            .end_offset(topic, partition)
-            .map_err(from_read_error)?;
-        Ok(OffsetRange { start, end })
-    }
-
-    async fn wait(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: i64,
-        timeout: Duration,
-    ) -> Result<bool, BusError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            // Listen first, then check: an append between the two still wakes us.
-            let listener = self.log.listen(topic, partition).map_err(from_read_error)?;
-            if self
-                .log
-                .end_offset(topic, partition)
-                .map_err(from_read_error)?
-                > offset
-            {
-                return Ok(true);
-            }
-            if tokio::time::timeout_at(deadline, listener).await.is_err() {
-                return Ok(self
-                    .log
-                    .end_offset(topic, partition)
-                    .map_err(from_read_error)?
-                    > offset);
-            }
-        }
-    }
-
-    async fn commit(&self, group: &str, offsets: &[(&str, u32, i64)]) -> Result<(), BusError> {
-        let group = group.to_owned();
-        let offsets: Vec<(String, u32, i64)> = offsets
-            .iter()
-            .map(|&(topic, partition, offset)| (topic.to_owned(), partition, offset))
-            .collect();
-        self.blocking(move |log| {
-            let borrowed: Vec<(&str, u32, i64)> = offsets
-                .iter()
-                .map(|(topic, partition, offset)| (topic.as_str(), *partition, *offset))
-                .collect();
-            log.commit(&group, &borrowed).map_err(from_log_error)
-        })
-        .await
-    }
-
-    async fn committed(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Option<i64>, BusError> {
-        Ok(self.log.committed(group, topic, partition))
-    }
-
-    fn problems(&self) -> Vec<String> {
-        self.log
-            .stopped_partitions()
-            .into_iter()
-            .map(|(topic, partition, reason)| format!("{topic}/{partition} stopped: {reason}"))
-            .collect()
-    }
-
-    async fn batch_keys(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Vec<(String, KeyEntry)>, BusError> {
-        let topic = topic.to_owned();
-        self.blocking(move |log| log.batch_keys(&topic, partition).map_err(from_read_error))
-            .await
-    }
-
-    async fn require_group(&self, group: &str, topic: &str) -> Result<(), BusError> {
-        let (group, topic) = (group.to_owned(), topic.to_owned());
-        self.blocking(move |log| {
-            log.set_required(&group, &topic, true)
-                .map_err(from_log_error)
-        })
-        .await
-    }
-}
-
-fn from_append_error(error: AppendError) -> BusError {
-    match error {
-        AppendError::UnknownTopic(topic) => BusError::UnknownTopic(topic),
-        AppendError::PartitionOutOfRange {
-            topic,
-            partition,
-            partitions,
-        } => BusError::PartitionOutOfRange {
-            topic,
-            partition,
-            partitions,
-        },
-        AppendError::QuotaExceeded { .. } | AppendError::DiskFull(_) => {
-            BusError::Full(error.to_string())
-        }
-        AppendError::PartitionStopped { .. } | AppendError::ReadOnly | AppendError::Closed => {
-            BusError::Stopped(error.to_string())
-        }
-        AppendError::Io(_) => BusError::Unavailable(error.to_string()),
-        AppendError::BatchKeyReused { .. } => BusError::Conflict(error.to_string()),
-        AppendError::InvalidBatch(_)
-        | AppendError::BatchTooLarge { .. }
-        | AppendError::RecordTooLarge { .. }
-        | AppendError::RecordsTooLarge { .. } => BusError::Invalid(error.to_string()),
-    }
-}
-
-fn from_read_error(error: ReadError) -> BusError {
-    match error {
-        ReadError::UnknownTopic(topic) => BusError::UnknownTopic(topic),
-        ReadError::PartitionOutOfRange {
-            topic,
-            partition,
-            partitions,
-        } => BusError::PartitionOutOfRange {
-            topic,
-            partition,
-            partitions,
-        },
-        ReadError::OffsetOutOfRange {
-            requested,
-            start,
-            end,
-        } => BusError::OffsetOutOfRange {
-            requested,
-            start,
-            end,
-        },
-        ReadError::Corruption { .. } => BusError::Corruption(error.to_string()),
-        ReadError::Io(_) => BusError::Unavailable(error.to_string()),
-    }
-}
-
-fn from_log_error(error: LogError) -> BusError {
-    match error {
-        LogError::UnknownTopic(topic) => BusError::UnknownTopic(topic),
-        LogError::PartitionOutOfRange {
-            topic,
-            partition,
-            partitions,
-        } => BusError::PartitionOutOfRange {
-            topic,
-            partition,
-            partitions,
-        },
-        LogError::Io { .. } => BusError::Unavailable(error.to_string()),
-        LogError::CorruptMetadata { .. } => BusError::Corruption(error.to_string()),
-        LogError::ReadOnly => BusError::Stopped(error.to_string()),
-        LogError::Locked(_)
-        | LogError::InvalidName { .. }
-        | LogError::InvalidConfig(_)
-        | LogError::TopicConflict { .. }
-        | LogError::OffsetBeyondEnd { .. } => BusError::Invalid(error.to_string()),
     }
 }

@@ -151,8 +151,12 @@ impl Gateway {
                 .batch_keys(TELEMETRY_TOPIC, partition)
                 .await
                 .map_err(StartError::Topic)?;
-            for (key, entry) in remembered {
-                keys.restore(&key, entry.fingerprint, entry.append_ms);
+            for remembered in remembered {
+                keys.restore(
+                    &remembered.key,
+                    remembered.fingerprint,
+                    remembered.append_ms,
+                );
             }
         }
         let permits = config.in_flight_bytes_max.div_ceil(limits::PERMIT_BYTES);

@@ -514,7 +514,7 @@ fn corrupt(error: impl fmt::Display) -> BusError {
 mod tests {
     use std::sync::Arc;
 
-    use nublar_bus::EmbeddedBus;
+    use nublar_bus::MemoryBus;
     use nublar_model::{ParseLimits, Precision, parse_lines};
 
     use super::*;
@@ -525,8 +525,8 @@ mod tests {
             .collect()
     }
 
-    fn bus(dir: &tempfile::TempDir) -> Arc<dyn Bus> {
-        EmbeddedBus::new(nublar_log::Log::open(dir.path()).unwrap()).into_shared()
+    fn bus() -> Arc<dyn Bus> {
+        MemoryBus::new().into_shared()
     }
 
     fn bounds(columns_max: usize) -> Bounds {
@@ -572,8 +572,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_column_bound_new_columns_are_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = bus(&dir);
+        let bus = bus();
         let registry = SchemaRegistry::open(bus.as_ref(), bounds(3)).await.unwrap();
         let body = "m,t=a f=1 1\nm g=1,h=2 2\nm f=2,g=3 3\nm,t=b f=3 4\nn x=1 5\n";
         let conflicts = register(&registry, &bus, "db", body).await;
@@ -598,8 +597,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_first_registration_in_log_order_wins_over_a_racing_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = bus(&dir);
+        let bus = bus();
         let registry = SchemaRegistry::open(bus.as_ref(), bounds(100))
             .await
             .unwrap();
@@ -640,8 +638,7 @@ mod tests {
 
     #[tokio::test]
     async fn names_are_bounded_in_bytes_and_each_database_has_its_share() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = bus(&dir);
+        let bus = bus();
         let bounds = Bounds {
             columns_max: 100_000,
             bytes_max: 40 * 1024,

@@ -11,11 +11,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::{Node, Reply, node_on, request, start_in, start_on_bus, topic_values};
 use nublar_bus::{
-    AppendOutcome, Batch, Bus, BusError, EmbeddedBus, KeyEntry, OffsetRange, ReadBatches, Start,
+    AppendOutcome, Batch, Bus, BusError, OffsetRange, ReadBatches, RememberedKey, Start,
     TopicConfig,
 };
+use nublar_bus_embedded::EmbeddedBus;
 use nublar_ingest::{AccessConfig, IdempotencyConfig, IngestConfig, TELEMETRY_TOPIC, Token};
-use nublar_log::Log;
 
 const TARGET: &str = "/api/v3/write_lp?db=park";
 
@@ -165,7 +165,7 @@ impl Bus for GatedBus {
         &self,
         topic: &str,
         partition: u32,
-    ) -> Result<Vec<(String, KeyEntry)>, BusError> {
+    ) -> Result<Vec<RememberedKey>, BusError> {
         self.inner.batch_keys(topic, partition).await
     }
 }
@@ -174,7 +174,7 @@ impl Bus for GatedBus {
 async fn the_same_key_while_its_first_request_is_in_flight_gets_409() {
     let dir = tempfile::tempdir().unwrap();
     let gated = Arc::new(GatedBus {
-        inner: EmbeddedBus::new(Log::open(dir.path()).unwrap()).into_shared(),
+        inner: EmbeddedBus::open(dir.path()).unwrap().into_shared(),
         held: tokio::sync::Semaphore::new(0),
         arrived: tokio::sync::Notify::new(),
     });

@@ -107,10 +107,10 @@ async fn values_in_line_protocol_from_before_the_stored_layout_are_read_and_bad_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_operator_reclaims_unread_records_the_sink_goes_on_from_the_log_start() {
-    let mut lab = Lab::with_topic(nublar_bus::TopicConfig {
+    let mut lab = Lab::with_topic(lab::nublar_log::TopicConfig {
         segment_bytes: 64 * 1024,
         retention_bytes: Some(64 * 1024),
-        ..nublar_bus::TopicConfig::with_partitions(1)
+        ..lab::nublar_log::TopicConfig::with_partitions(1)
     })
     .await;
     // Notes that do not compress, so that the batches fill segments.

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nublar_bus::{BatchBuilder, Bus, Compression, EmbeddedBus, Start, TopicConfig};
-use nublar_log::Log;
+use nublar_bus::MemoryBus;
+use nublar_bus::{BatchBuilder, Bus, Compression, Start, TopicConfig};
 use nublar_model::{Field, FieldValue, ParsedLine, Tag, stored};
 use nublar_process::alerts::{Rule, RuleKind};
 use nublar_process::dedup::DedupConfig;
@@ -243,14 +243,15 @@ struct Node {
     config: RunnerConfig,
 }
 
-fn node() -> Node {
+async fn node() -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path().join("log")).unwrap();
-    log.create_topic("telemetry", TopicConfig::with_partitions(PARTITIONS))
+    let bus = MemoryBus::new().into_shared();
+    bus.ensure_topic("telemetry", TopicConfig::with_partitions(PARTITIONS))
+        .await
         .unwrap();
-    log.create_topic(DEAD_LETTERS_TOPIC, TopicConfig::with_partitions(1))
+    bus.ensure_topic(DEAD_LETTERS_TOPIC, TopicConfig::with_partitions(1))
+        .await
         .unwrap();
-    let bus = EmbeddedBus::new(log).into_shared();
     let mut config = RunnerConfig::new(dir.path().join("processors"), pipeline_config());
     config.snapshot_interval = Duration::from_millis(250);
     config.tick_interval = Duration::from_millis(20);
@@ -355,7 +356,7 @@ async fn run_until_silent(node: &Node) -> Arc<RunnerShared> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_are_what_the_pipeline_computes_from_the_input() {
-    let node = node();
+    let node = node().await;
     let mut rng = Rng(0x5eed);
     for partition in 0..PARTITIONS {
         append_all(
@@ -471,7 +472,7 @@ async fn outputs_are_what_the_pipeline_computes_from_the_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_stopped_dead_and_started_again_writes_each_item_once() {
-    let node = node();
+    let node = node().await;
     let mut rng = Rng(0xdead_beef);
     let mut second = 1_000;
     for round in 0..16 {

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use nublar_bus::{BatchBuilder, Bus, Compression, Durability, EmbeddedBus, TopicConfig};
+use nublar_bus::{BatchBuilder, Bus, Compression, Durability, TopicConfig};
+use nublar_bus_embedded::EmbeddedBus;
 use nublar_log::{Log, OpenOptions};
 
 #[derive(Args)]

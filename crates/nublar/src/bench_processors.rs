@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use clap::Args;
-use nublar_bus::{BatchBuilder, Compression, Durability, ReadBatches, TopicConfig};
-use nublar_log::{Log, OpenOptions};
+use nublar_bus::{BatchBuilder, Compression, ReadBatches};
+use nublar_log::{Durability, Log, OpenOptions, TopicConfig};
 use nublar_process::alerts::{Rule, RuleKind};
 use nublar_process::dedup::DedupConfig;
 use nublar_process::pipeline::{AlertsConfig, Emitted, Pipeline, PipelineConfig, Tick};

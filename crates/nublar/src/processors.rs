@@ -935,7 +935,7 @@ pub fn run_replay_command(data: &Path, args: ReplayArgs) -> anyhow::Result<()> {
             },
         )
         .with_context(|| format!("opening the log in {}", data.join("log").display()))?;
-        let bus = nublar_bus::EmbeddedBus::new(log).into_shared();
+        let bus = nublar_bus_embedded::EmbeddedBus::new(log).into_shared();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

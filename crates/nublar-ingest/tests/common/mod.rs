@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use nublar_bus::{Bus, EmbeddedBus, Start};
+use nublar_bus::{Bus, Start};
+use nublar_bus_embedded::EmbeddedBus;
 use nublar_ingest::{Gateway, IngestConfig};
-use nublar_log::Log;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -24,7 +24,7 @@ pub struct Node {
 
 /// A node on the log in `dir` (opened, or reopened after a shut-down).
 pub async fn start_in(dir: &Path, bind: &str, config: IngestConfig) -> Node {
-    let bus: Arc<dyn Bus> = EmbeddedBus::new(Log::open(dir).unwrap()).into_shared();
+    let bus: Arc<dyn Bus> = EmbeddedBus::open(dir).unwrap().into_shared();
     start_on_bus(bus, bind, config).await
 }
 

@@ -13,7 +13,9 @@ use deltalake::arrow::array::{Array, StringArray};
 use deltalake::arrow::datatypes::DataType as ArrowType;
 use deltalake::datafusion::common::TableReference;
 use deltalake::datafusion::prelude::SessionContext;
-use nublar_bus::{BatchBuilder, Bus, Compression, EmbeddedBus, TopicConfig};
+use nublar_bus::{BatchBuilder, Bus, Compression};
+use nublar_bus_embedded::EmbeddedBus;
+pub use nublar_bus_embedded::nublar_log;
 use nublar_lake::{Sink, SinkConfig, names};
 use nublar_log::Log;
 use tokio::sync::watch;
@@ -30,14 +32,15 @@ pub struct Lab {
 
 impl Lab {
     pub async fn new(partitions: u32) -> Lab {
-        Lab::with_topic(TopicConfig::with_partitions(partitions)).await
+        Lab::with_topic(nublar_log::TopicConfig::with_partitions(partitions)).await
     }
 
-    pub async fn with_topic(config: TopicConfig) -> Lab {
+    /// A lab whose topic has the log settings a test needs (small segments to reclaim).
+    pub async fn with_topic(config: nublar_log::TopicConfig) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path().join("log")).unwrap();
+        log.create_topic(TOPIC, config).unwrap();
         let bus = EmbeddedBus::new(log.clone()).into_shared();
-        bus.ensure_topic(TOPIC, config).await.unwrap();
         let lake = dir.path().join("lake");
         Lab {
             _dir: dir,
