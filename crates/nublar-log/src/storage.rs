@@ -174,7 +174,19 @@ impl Storage for FsStorage {
                 .truncate(false)
                 .open(path)?
         };
-        match file.try_lock() {
+        // A child that a process forks while it holds the lock holds a copy of it until the
+        // child execs, which takes well under a millisecond: a held lock is asked again for a
+        // moment before it is an error. The moment is short because the commands that find a
+        // node's log locked then ask the node instead, and wait that long first.
+        let patience = std::time::Instant::now() + LOCK_PATIENCE;
+        let mut attempt = file.try_lock();
+        while matches!(attempt, Err(fs::TryLockError::WouldBlock))
+            && std::time::Instant::now() < patience
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            attempt = file.try_lock();
+        }
+        match attempt {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 let owner = fs::read_to_string(path).unwrap_or_default();
@@ -196,6 +208,9 @@ impl Storage for FsStorage {
         Ok(Box::new(file))
     }
 }
+
+/// How long a lock held by another process is waited for before opening fails.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl StorageFile for FsFile {
     fn len(&self) -> io::Result<u64> {

@@ -92,7 +92,9 @@ struct Watch {
     firing: bool,
     /// Threshold: when the current run of out-of-bounds values began.
     breached_since_ns: Option<i64>,
-    /// Rate of change: the previous value and its time.
+    /// Threshold, rate of change and geofence: the time and value of the newest event
+    /// evaluated. An older event (a retried batch, a late sender) arrives after the state it
+    /// would describe has passed, so these rules skip it rather than flap on it.
     previous: Option<(i64, f64)>,
     /// Absence: the clock's time of the latest event.
     seen_ns: i64,
@@ -219,6 +221,13 @@ impl Alerts {
                     let Some(value) = number(event, field) else {
                         continue;
                     };
+                    if watch
+                        .previous
+                        .is_some_and(|(newest_ns, _)| time_ns < newest_ns)
+                    {
+                        continue;
+                    }
+                    watch.previous = Some((time_ns, value));
                     let out_of_bounds = above.is_some_and(|above| value > above)
                         || below.is_some_and(|below| value < below);
                     if !out_of_bounds {
@@ -306,6 +315,13 @@ impl Alerts {
                     else {
                         continue;
                     };
+                    if watch
+                        .previous
+                        .is_some_and(|(newest_ns, _)| time_ns < newest_ns)
+                    {
+                        continue;
+                    }
+                    watch.previous = Some((time_ns, lat));
                     let inside = polygon_contains(fence, GeoPoint { lat, lon });
                     if !inside && !watch.firing {
                         watch.firing = true;

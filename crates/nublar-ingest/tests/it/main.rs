@@ -1,0 +1,11 @@
+//! The crate's integration tests, one module per subject, linked into one
+//! binary so that the crate and its dependencies are linked once.
+
+mod common;
+
+mod dead_letters;
+mod events;
+mod http;
+mod idempotency;
+mod protection;
+mod schema;
