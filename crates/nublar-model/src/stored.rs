@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! value   = format flags [time] text-length text measurement-length tags fields
-//! format  = 0x01                  (this layout; line protocol never starts with it)
+//! format  = 0x01                  (this layout; line protocol never starts with it; 0x02 to
+//!                                 0x08 are kept for the layouts after it)
 //! flags   = 0x00 | 0x01           (bit 0: a time follows; other bits are reserved)
 //! time    = i64, little-endian    (nanoseconds since the Unix epoch)
 //! text    = UTF-8: the measurement, then each tag's key and value, then each field's key and
@@ -36,6 +37,10 @@ use crate::line_protocol::{parse_lines, write_line};
 /// The first byte of every value in this layout. Line protocol cannot start with it: the parser
 /// rejects control bytes in a measurement.
 pub const FORMAT: u8 = 0x01;
+
+/// First bytes kept for the layouts that follow this one. A value starting with one of them was
+/// written by a newer nublar; it is refused as such, never read as line protocol.
+pub const FORMATS_RESERVED: std::ops::RangeInclusive<u8> = 0x02..=0x08;
 
 const FLAG_TIME: u8 = 0x01;
 
@@ -143,6 +148,15 @@ pub fn decode(value: &[u8]) -> Result<ParsedLine<'_>, DecodeError> {
 /// [`decode`] into `line`, reusing its lists, so that a reader of many records allocates
 /// nothing per record. On an error `line` holds no meaningful event.
 pub fn decode_into<'a>(value: &'a [u8], line: &mut ParsedLine<'a>) -> Result<(), DecodeError> {
+    if value
+        .first()
+        .is_some_and(|first| FORMATS_RESERVED.contains(first))
+    {
+        return Err(DecodeError {
+            position: 0,
+            reason: "a stored layout newer than this nublar reads: upgrade to read this log",
+        });
+    }
     if value.first() != Some(&FORMAT) {
         *line = decode_line_protocol(value)?;
         return Ok(());
@@ -156,7 +170,7 @@ pub fn decode_into<'a>(value: &'a [u8], line: &mut ParsedLine<'a>) -> Result<(),
     };
     let flags = reader.byte("no flags")?;
     if flags & !FLAG_TIME != 0 {
-        return Err(reader.error_before(1, "unknown flags"));
+        return Err(reader.error_before(1, "unknown flags: written by a newer nublar?"));
     }
     line.timestamp_ns = if flags & FLAG_TIME != 0 {
         Some(i64::from_le_bytes(reader.array("time cut short")?))
@@ -444,6 +458,18 @@ mod tests {
     }
 
     #[test]
+    fn a_newer_layout_is_refused_as_newer() {
+        let mut value = Vec::new();
+        encode(&event(), &mut value);
+        for first in FORMATS_RESERVED {
+            value[0] = first;
+            let error = decode(&value).unwrap_err();
+            assert_eq!(error.position, 0);
+            assert!(error.reason.contains("newer"), "{error}");
+        }
+    }
+
+    #[test]
     fn damaged_values_are_refused_with_their_place() {
         let mut value = Vec::new();
         encode(&event(), &mut value);
@@ -454,7 +480,7 @@ mod tests {
                     v[1] = 0x03;
                     v
                 },
-                "unknown flags",
+                "unknown flags: written by a newer nublar?",
             ),
             (
                 {

@@ -924,8 +924,14 @@ fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, RunnerError> {
     let (header, rest): (SnapshotHeader, &[u8]) =
         postcard::take_from_bytes(body).map_err(|e| error(e.to_string()))?;
     if header.version != SNAPSHOT_VERSION {
+        let written_by = if header.version > SNAPSHOT_VERSION {
+            "a newer nublar"
+        } else {
+            "an older nublar"
+        };
         return Err(error(format!(
-            "version {} is not {SNAPSHOT_VERSION}",
+            "it is of version {}, written by {written_by}; this one reads version \
+             {SNAPSHOT_VERSION}",
             header.version
         )));
     }

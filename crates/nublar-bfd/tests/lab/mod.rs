@@ -1,5 +1,8 @@
 //! What the interop tests against real routers share: checking that the lab can be built,
-//! running commands, entering a network namespace, and waiting on the speaker.
+//! running commands, entering a network namespace, and waiting on the speaker. Each router's
+//! test is a binary of its own, apart from `tests/it`: its sessions run on detection times of
+//! about a second, and a process of its own shares the CPU with nothing else of
+//! the suite.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -9,13 +12,6 @@ use std::time::Duration;
 
 use nublar_bfd::{SessionId, SessionStatus, Speaker};
 use tokio::time::Instant;
-
-/// Held for the whole of an interop test, so that two routers' sessions never share the CPU.
-pub fn alone() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Whether the lab can run: root, `ip`, and what `more` checks. Without them a test prints why
 /// and returns false, unless `CI=true`, where a missing piece is a failure: CI must run it.

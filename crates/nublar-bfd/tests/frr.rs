@@ -6,7 +6,7 @@
 //! Needs root, `ip` and FRR. Without them the test prints why and passes, unless `CI=true`,
 //! where a missing piece is a failure: CI must really run it.
 
-use crate::lab;
+mod lab;
 
 use std::fs;
 use std::io::Write;
@@ -43,7 +43,6 @@ const DETECTION_MARGIN: Duration = Duration::from_millis(250);
 
 #[test]
 fn speaker_interoperates_with_frr_bfdd() {
-    let _alone = lab::alone();
     if !lab::ready("the FRR interop test", requirements) {
         return;
     }
@@ -65,9 +64,12 @@ async fn scenario(frr: &Frr) {
     frr.wait_until_responsive().await;
     let speaker = Speaker::bind(SpeakerConfig::standard()).expect("bind 3784 in our namespace");
     let mut events = speaker.subscribe();
+    // 300 ms rather than a deployment's 100: the test is about the protocol, and the virtual
+    // machines it runs on pause for a few hundred milliseconds at times, which is no
+    // protocol's doing. How fast detection is gets measured by `nublar bench failover`.
     let fast = Parameters {
-        desired_min_tx_interval_us: 100_000,
-        required_min_rx_interval_us: 100_000,
+        desired_min_tx_interval_us: 300_000,
+        required_min_rx_interval_us: 300_000,
         detect_multiplier: 3,
     };
     let ipv4 = speaker
@@ -119,8 +121,8 @@ async fn scenario(frr: &Frr) {
         sessions.iter().all(|status| {
             status.state == State::Up
                 && !status.poll_active
-                && status.transmit_interval == Duration::from_millis(100)
-                && status.detection_time == Some(Duration::from_millis(300))
+                && status.transmit_interval == Duration::from_millis(300)
+                && status.detection_time == Some(Duration::from_millis(900))
         })
     })
     .await;
@@ -134,8 +136,8 @@ async fn scenario(frr: &Frr) {
             u64::from(status.local_discriminator),
             "{peer}"
         );
-        assert_eq!(peer["remote-receive-interval"], 100, "{peer}");
-        assert_eq!(peer["remote-transmit-interval"], 100, "{peer}");
+        assert_eq!(peer["remote-receive-interval"], 300, "{peer}");
+        assert_eq!(peer["remote-transmit-interval"], 300, "{peer}");
         assert_eq!(peer["remote-detect-multiplier"], 3, "{peer}");
         assert_eq!(peer["multihop"] == true, status.multihop, "{peer}");
         assert_eq!(status.remote_state, State::Up);
@@ -143,14 +145,14 @@ async fn scenario(frr: &Frr) {
     eprintln!("vtysh agrees with our state");
 
     // FRR changes its timers for the IPv4 peer: a Poll reaches us, we answer with a Final, and
-    // our negotiated transmit interval (its RX 250 ms) and detection time (3 x its TX 200 ms)
+    // our negotiated transmit interval (its RX 750 ms) and detection time (3 x its TX 600 ms)
     // change.
     let before = find(&settled, ipv4).counters;
-    frr.configure_peer_timers(OUR_ADDRESS_V4, 200, 250);
+    frr.configure_peer_timers(OUR_ADDRESS_V4, 600, 750);
     let renegotiated = wait_for_status(&speaker, STATE_WAIT, |sessions| {
         let status = find(sessions, ipv4);
-        status.transmit_interval == Duration::from_millis(250)
-            && status.detection_time == Some(Duration::from_millis(600))
+        status.transmit_interval == Duration::from_millis(750)
+            && status.detection_time == Some(Duration::from_millis(1800))
     })
     .await;
     let after = find(&renegotiated, ipv4).counters;
@@ -158,10 +160,10 @@ async fn scenario(frr: &Frr) {
     assert!(after.final_packets_sent > before.final_packets_sent);
     assert_eq!(find(&renegotiated, ipv4).state, State::Up);
     let untouched = find(&renegotiated, ipv6);
-    assert_eq!(untouched.transmit_interval, Duration::from_millis(100));
+    assert_eq!(untouched.transmit_interval, Duration::from_millis(300));
     let peer = frr
         .wait_for_peer(IpAddr::V4(OUR_ADDRESS_V4), |peer| {
-            peer["transmit-interval"] == 200 && peer["receive-interval"] == 250
+            peer["transmit-interval"] == 600 && peer["receive-interval"] == 750
         })
         .await;
     assert_eq!(peer["status"], "up", "{peer}");
@@ -170,9 +172,9 @@ async fn scenario(frr: &Frr) {
     // bfdd freezes: each session goes Down within its own detection time.
     let frozen = frr.freeze();
     let mut pending = vec![
-        (ipv4, Duration::from_millis(600)),
-        (ipv6, Duration::from_millis(300)),
-        (multihop, Duration::from_millis(300)),
+        (ipv4, Duration::from_millis(1800)),
+        (ipv6, Duration::from_millis(900)),
+        (multihop, Duration::from_millis(900)),
     ];
     while !pending.is_empty() {
         let event = next_event(&mut events).await;
@@ -371,8 +373,8 @@ impl Lab {
              !\n\
              bfd\n \
               profile fast\n  \
-               transmit-interval 100\n  \
-               receive-interval 100\n  \
+               transmit-interval 300\n  \
+               receive-interval 300\n  \
                detect-multiplier 3\n \
               !\n \
               peer {OUR_ADDRESS_V4} interface {FRR_INTERFACE}\n  \
