@@ -114,7 +114,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Tls(args) => crate::bench_tls::run(args),
         BenchCommand::Memory(args) => crate::bench_memory::run(args),
         BenchCommand::Parse(args) => {
-            println!("{}", machine_line());
+            println!("{}", crate::machine::machine_line());
             let report = nublar_model::bench::parse_throughput(args.lines, args.seconds);
             println!(
                 "nublar bench parse: {} lines, {} bytes ({:.1} bytes/line), one core: {:.0} lines/s, {:.0} MB/s",
@@ -147,35 +147,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-pub fn machine_line() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|name| name.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism()
-        .map(|count| count.get())
-        .unwrap_or(1);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|line| line.starts_with("MemTotal"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(format!("{:.0} GiB", kib as f64 / 1024.0 / 1024.0))
-        })
-        .unwrap_or_else(|| "? GiB".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
-        "machine: {cpu}, {cores} cores, {memory}, Linux {}, nublar {}",
-        kernel.trim(),
-        env!("CARGO_PKG_VERSION")
-    )
 }
 
 /// Printable, varied bytes (compressible like text telemetry, never constant)
@@ -340,7 +311,7 @@ fn fresh_log(dir: &Path) -> anyhow::Result<Log> {
 
 fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
     let scratch = Scratch::new(&args.dir)?;
-    println!("{}", machine_line());
+    println!("{}", crate::machine::machine_line());
     println!(
         "nublar bench log: durability fsync, {} s per case, compression {}, zero fill {}",
         args.seconds,
@@ -460,7 +431,7 @@ fn log_bench(args: LogBenchArgs) -> anyhow::Result<()> {
 fn log_open_bench(args: LogOpenArgs) -> anyhow::Result<()> {
     let scratch = Scratch::new(&args.dir)?;
     let dir = scratch.0.join("log");
-    println!("{}", machine_line());
+    println!("{}", crate::machine::machine_line());
     let target_bytes = (args.gib * 1024.0 * 1024.0 * 1024.0) as u64;
     println!(
         "nublar bench log-open: writing {:.1} GiB over {} partitions",

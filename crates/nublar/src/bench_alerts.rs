@@ -76,7 +76,7 @@ pub fn run(args: AlertsBenchArgs) -> anyhow::Result<()> {
         .prefix("nublar-bench-alerts-")
         .tempdir_in(&args.dir)
         .with_context(|| format!("creating a folder in {}", args.dir.display()))?;
-    println!("{}", crate::bench::machine_line());
+    println!("{}", crate::machine::machine_line());
     println!(
         "a node with its default processors and lake; the simulator sends {} events/s for {} s; \
          a probe every {} ms",

@@ -181,7 +181,7 @@ async fn second_side(args: &BfdSessionsArgs, peer_port: u16) -> anyhow::Result<(
 }
 
 async fn first_side(args: &BfdSessionsArgs) -> anyhow::Result<()> {
-    println!("{}", crate::bench::machine_line());
+    println!("{}", crate::machine::machine_line());
     let speaker = bind(args.base_port)?;
     let downs = DownCounter::start(&speaker);
     let second_port = if args.base_port == 0 {

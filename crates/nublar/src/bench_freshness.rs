@@ -48,7 +48,7 @@ pub fn run(args: FreshnessArgs) -> anyhow::Result<()> {
         .prefix("nublar-bench-freshness-")
         .tempdir_in(&args.dir)
         .with_context(|| format!("creating a folder in {}", args.dir.display()))?;
-    println!("{}", crate::bench::machine_line());
+    println!("{}", crate::machine::machine_line());
     println!(
         "a node at its defaults; the simulator sends {} events/s for {} s; a probe every {} ms",
         args.rate, args.duration, args.probe_interval_ms

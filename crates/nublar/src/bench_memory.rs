@@ -83,7 +83,7 @@ pub fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
     };
     let (line_protocol, json) = (worst_line_protocol(events), worst_json(events));
     let (line_protocol_gzip, json_gzip) = (gzip(&line_protocol)?, gzip(&json)?);
-    println!("{}", crate::bench::machine_line());
+    println!("{}", crate::machine::machine_line());
     println!(
         "one node, gateway and log only: http.in_flight_bytes_max {} MiB, http.connections_max \
          {}, other limits at their defaults; {} connections send for {} s bodies of {} events \

@@ -65,7 +65,7 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         .prefix("nublar-bench-query-")
         .tempdir_in(&args.dir)
         .with_context(|| format!("creating a folder in {}", args.dir.display()))?;
-    println!("{}", crate::bench::machine_line());
+    println!("{}", crate::machine::machine_line());
     let node_dir = root.path().join("node");
     let (mut node, http) = start_node(&node_dir, &[])?;
     println!(

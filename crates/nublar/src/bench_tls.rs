@@ -89,7 +89,7 @@ pub fn run(args: TlsBenchArgs) -> anyhow::Result<()> {
         .as_str()
         .and_then(|address| address.parse().ok())
         .context("the node announced no plain HTTP address")?;
-    println!("{}", crate::bench::machine_line());
+    println!("{}", crate::machine::machine_line());
     println!(
         "one node (lake and processors off); {} connections send batches of {} lines for {} s \
          a round, HTTP and HTTPS (rustls with aws-lc-rs) alternating, {} rounds each",

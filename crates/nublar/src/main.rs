@@ -16,6 +16,7 @@ mod demo;
 mod failover;
 mod lake_command;
 mod log_command;
+mod machine;
 mod node_child;
 mod processors;
 mod query_command;
