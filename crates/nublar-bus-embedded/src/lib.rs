@@ -16,8 +16,7 @@ use nublar_bus::{
 pub use nublar_log;
 use nublar_log::{AppendError, Log, LogError, OpenOptions, ReadError};
 
-/// The embedded log as a bus. Blocking log calls run on tokio's blocking
-/// pool, so an `fsync` wait never stalls the async workers.
+/// The embedded log as a bus.
 #[derive(Clone)]
 pub struct EmbeddedBus {
     log: Log,
