@@ -35,6 +35,7 @@ use nublar_bus::{BatchBuilder, Compression, TopicConfig};
 use serde::Serialize;
 
 use crate::Inner;
+use crate::admission::Rejected;
 use crate::limits::DEAD_LETTER_SENDERS_MAX;
 
 /// The topic rejected lines are kept in.
@@ -64,15 +65,6 @@ struct DeadLetter<'a> {
     raw: &'a str,
     sender: &'a str,
     received_ns: i64,
-}
-
-/// A line or event a request's answer rejects: what a dead letter is made of.
-pub(crate) struct Rejected {
-    pub line_number: usize,
-    /// The metric label and dead letter reason.
-    pub reason: &'static str,
-    pub original_line: String,
-    pub message: String,
 }
 
 /// What the write path knows of the request whose lines are rejected.

@@ -30,13 +30,14 @@
 //! `nublar_ingest_dead_letters_dropped_total`). Requests refused before
 //! parsing (401, 403, 413, …) leave none: they are only counted.
 
+pub mod admission;
 mod auth;
 mod dead_letters;
 mod idempotency;
 mod limits;
 mod metrics;
 mod rate;
-mod schema;
+pub mod schema;
 mod tls;
 mod write;
 

@@ -38,7 +38,7 @@ pub const SCHEMAS_TOPIC: &str = "_schemas";
 
 /// Why a line does not fit the schema.
 #[derive(Debug)]
-pub(crate) struct LineConflict {
+pub struct LineConflict {
     /// The metric label and dead letter reason.
     pub reason: &'static str,
     /// What the client is told: the column, its table and database, what the registry knows
@@ -49,7 +49,7 @@ pub(crate) struct LineConflict {
 /// The columns a request introduces, in the order it introduces them: registered together
 /// before its batch is appended, so that a request that stores nothing registers nothing.
 #[derive(Default)]
-pub(crate) struct Pending {
+pub struct Pending {
     /// measurement → column → kind.
     tables: HashMap<String, HashMap<String, ColumnKind>>,
     columns: Vec<(String, String, ColumnKind)>,
@@ -57,8 +57,15 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.columns.is_empty()
+    }
+
+    /// The new columns, in the order the request introduced them: (measurement, column, kind).
+    pub fn columns(&self) -> impl Iterator<Item = (&str, &str, ColumnKind)> {
+        self.columns
+            .iter()
+            .map(|(measurement, column, kind)| (measurement.as_str(), column.as_str(), *kind))
     }
 
     fn get(&self, measurement: &str, column: &str) -> Option<ColumnKind> {
@@ -87,7 +94,7 @@ fn column_cost(db: &str, measurement: &str, column: &str) -> usize {
 /// The registry's bounds: columns in all, bytes in all, and bytes per database, so that one
 /// database's writes cannot fill it for the others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Bounds {
+pub struct Bounds {
     pub columns_max: usize,
     pub bytes_max: usize,
     pub database_bytes_max: usize,
@@ -100,19 +107,40 @@ pub(crate) const TOO_MANY_COLUMNS: &str = "too_many_columns";
 /// The per-gateway cache of the `_schemas` topic, and the lock that
 /// serialises this gateway's registrations.
 pub(crate) struct SchemaRegistry {
-    known: RwLock<Known>,
+    known: RwLock<Schema>,
     /// Held while registering; holds the next offset of `_schemas` to read.
     registering: tokio::sync::Mutex<i64>,
-    bounds: Bounds,
 }
 
-#[derive(Default)]
-struct Known {
+/// What the registry knows, without the topic it is kept in: every column of every table,
+/// within the registry's bounds. Checking a line against it is a function of the line and
+/// this value alone, which is what lets the gateway's admission run without I/O.
+pub struct Schema {
     databases: HashMap<String, Database>,
     columns: usize,
     bytes: usize,
     /// Whether a record was already ignored for a bound (warned once).
     full_warned: bool,
+    bounds: Bounds,
+}
+
+/// The schema as admission sees it: checks a line, and tells a JSON decoder what a field
+/// is known to be. The gateway's registry is one (read under its lock, line by line); a
+/// plain [`Schema`] is another.
+pub trait SchemaView {
+    /// Checks one line against the schema and the columns its request introduced before it
+    /// (`pending`), adding the columns it introduces: the first line of a request to use a
+    /// column new to the schema decides its kind.
+    fn check_line(
+        &self,
+        db: &str,
+        line: &ParsedLine<'_>,
+        pending: &mut Pending,
+    ) -> Result<(), LineConflict>;
+
+    /// The type a field is known to have, for decoders that must choose between types (a
+    /// JSON number: integer or float).
+    fn known_field_type(&self, db: &str, measurement: &str, field: &str) -> Option<FieldType>;
 }
 
 #[derive(Default)]
@@ -122,13 +150,14 @@ struct Database {
     bytes: usize,
 }
 
-impl Known {
+impl Schema {
     fn database_bytes(&self, db: &str) -> usize {
         self.databases.get(db).map_or(0, |database| database.bytes)
     }
 
     /// Why `count` more columns costing `bytes` (of database `db`) do not fit, if they do not.
-    fn room(&self, bounds: &Bounds, db: &str, count: usize, bytes: usize) -> Option<String> {
+    fn room(&self, db: &str, count: usize, bytes: usize) -> Option<String> {
+        let bounds = &self.bounds;
         if self.columns + count > bounds.columns_max {
             Some(format!(
                 "the schema registry holds its maximum of {} columns",
@@ -190,100 +219,14 @@ impl SchemaRegistry {
         bus.ensure_topic(SCHEMAS_TOPIC, Self::topic_config())
             .await?;
         let registry = SchemaRegistry {
-            known: RwLock::new(Known::default()),
+            known: RwLock::new(Schema::new(bounds)),
             registering: tokio::sync::Mutex::new(0),
-            bounds,
         };
         {
             let mut next = registry.registering.lock().await;
             registry.catch_up(bus, &mut next).await?;
         }
         Ok(registry)
-    }
-
-    /// Checks one line against the registry and the columns its request introduced before
-    /// it (`pending`), adding the columns it introduces: the first line of a request to use
-    /// a column new to the registry decides its kind.
-    pub(crate) fn check_line(
-        &self,
-        db: &str,
-        line: &ParsedLine<'_>,
-        pending: &mut Pending,
-    ) -> Result<(), LineConflict> {
-        let known = self.known.read().unwrap();
-        let measurement: &str = &line.measurement;
-        let table = known
-            .databases
-            .get(db)
-            .and_then(|database| database.tables.get(measurement));
-        let columns = line
-            .tags
-            .iter()
-            .map(|tag| (tag.key.as_ref(), ColumnKind::Tag))
-            .chain(line.fields.iter().map(|field| {
-                (
-                    field.key.as_ref(),
-                    ColumnKind::Field(field.value.field_type()),
-                )
-            }));
-        // The new columns of this line, found without allocating for the usual line, whose
-        // columns are all known.
-        let mut new: Vec<(&str, ColumnKind)> = Vec::new();
-        for (column, got) in columns {
-            let known_kind = table
-                .and_then(|table| table.get(column).copied())
-                .or_else(|| pending.get(measurement, column));
-            match known_kind {
-                Some(kind) if kind == got => {}
-                Some(kind) => {
-                    let reason = match (kind, got) {
-                        (ColumnKind::Field(_), ColumnKind::Field(_)) => FIELD_TYPE_CONFLICT,
-                        _ => COLUMN_KIND_CONFLICT,
-                    };
-                    return Err(LineConflict {
-                        reason,
-                        message: conflict_message(db, measurement, column, kind, got),
-                    });
-                }
-                None if new.iter().any(|(seen, _)| *seen == column) => {}
-                None => new.push((column, got)),
-            }
-        }
-        if new.is_empty() {
-            return Ok(());
-        }
-        let cost: usize = new
-            .iter()
-            .map(|(column, _)| column_cost(db, measurement, column))
-            .sum();
-        if let Some(full) = known.room(
-            &self.bounds,
-            db,
-            pending.columns.len() + new.len(),
-            pending.bytes + cost,
-        ) {
-            let (column, _) = new[0];
-            return Err(LineConflict {
-                reason: TOO_MANY_COLUMNS,
-                message: format!(
-                    "column {column:?} of measurement {measurement:?} in database {db:?} is new, \
-                     but {full}; no new column is accepted"
-                ),
-            });
-        }
-        drop(known);
-        for (column, kind) in new {
-            pending
-                .tables
-                .entry(measurement.to_owned())
-                .or_default()
-                .insert(column.to_owned(), kind);
-            pending
-                .columns
-                .push((measurement.to_owned(), column.to_owned(), kind));
-        }
-        pending.bytes += cost;
-        Ok(())
     }
 
     /// Registers the columns a request introduced, before its batch is appended. Catches up
@@ -324,7 +267,7 @@ impl SchemaRegistry {
                     }
                 }
             }
-            if let Some(full) = known.room(&self.bounds, db, missing.len(), bytes) {
+            if let Some(full) = known.room(db, missing.len(), bytes) {
                 return Ok(Registered::Raced(full));
             }
         }
@@ -378,21 +321,6 @@ impl SchemaRegistry {
         Ok(Registered::Done)
     }
 
-    /// The type a field is known to have, for decoders that must choose
-    /// between types (a JSON number: integer or float).
-    pub(crate) fn known_field_type(
-        &self,
-        db: &str,
-        measurement: &str,
-        field: &str,
-    ) -> Option<nublar_model::FieldType> {
-        let known = self.known.read().unwrap();
-        match known.get(db, measurement, field)? {
-            ColumnKind::Field(field_type) => Some(field_type),
-            ColumnKind::Tag => None,
-        }
-    }
-
     /// Applies the records of `_schemas` from `*next` to its end.
     async fn catch_up(&self, bus: &dyn Bus, next: &mut i64) -> Result<(), BusError> {
         let range = bus.offsets(SCHEMAS_TOPIC, 0).await?;
@@ -410,7 +338,7 @@ impl SchemaRegistry {
                 for record in records.iter() {
                     let record = record.map_err(corrupt)?;
                     if record.offset >= *next {
-                        known.apply(record.value, &self.bounds);
+                        known.apply(record.value);
                     }
                 }
                 *next = (*next).max(view.next_offset());
@@ -420,7 +348,130 @@ impl SchemaRegistry {
     }
 }
 
-impl Known {
+impl SchemaView for SchemaRegistry {
+    fn check_line(
+        &self,
+        db: &str,
+        line: &ParsedLine<'_>,
+        pending: &mut Pending,
+    ) -> Result<(), LineConflict> {
+        self.known.read().unwrap().check_line(db, line, pending)
+    }
+
+    fn known_field_type(&self, db: &str, measurement: &str, field: &str) -> Option<FieldType> {
+        self.known
+            .read()
+            .unwrap()
+            .known_field_type(db, measurement, field)
+    }
+}
+
+impl SchemaView for Schema {
+    fn check_line(
+        &self,
+        db: &str,
+        line: &ParsedLine<'_>,
+        pending: &mut Pending,
+    ) -> Result<(), LineConflict> {
+        let known = self;
+        let measurement: &str = &line.measurement;
+        let table = known
+            .databases
+            .get(db)
+            .and_then(|database| database.tables.get(measurement));
+        let columns = line
+            .tags
+            .iter()
+            .map(|tag| (tag.key.as_ref(), ColumnKind::Tag))
+            .chain(line.fields.iter().map(|field| {
+                (
+                    field.key.as_ref(),
+                    ColumnKind::Field(field.value.field_type()),
+                )
+            }));
+        // The new columns of this line, found without allocating for the usual line, whose
+        // columns are all known.
+        let mut new: Vec<(&str, ColumnKind)> = Vec::new();
+        for (column, got) in columns {
+            let known_kind = table
+                .and_then(|table| table.get(column).copied())
+                .or_else(|| pending.get(measurement, column));
+            match known_kind {
+                Some(kind) if kind == got => {}
+                Some(kind) => {
+                    let reason = match (kind, got) {
+                        (ColumnKind::Field(_), ColumnKind::Field(_)) => FIELD_TYPE_CONFLICT,
+                        _ => COLUMN_KIND_CONFLICT,
+                    };
+                    return Err(LineConflict {
+                        reason,
+                        message: conflict_message(db, measurement, column, kind, got),
+                    });
+                }
+                None if new.iter().any(|(seen, _)| *seen == column) => {}
+                None => new.push((column, got)),
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let cost: usize = new
+            .iter()
+            .map(|(column, _)| column_cost(db, measurement, column))
+            .sum();
+        if let Some(full) = known.room(db, pending.columns.len() + new.len(), pending.bytes + cost)
+        {
+            let (column, _) = new[0];
+            return Err(LineConflict {
+                reason: TOO_MANY_COLUMNS,
+                message: format!(
+                    "column {column:?} of measurement {measurement:?} in database {db:?} is new, \
+                     but {full}; no new column is accepted"
+                ),
+            });
+        }
+        for (column, kind) in new {
+            pending
+                .tables
+                .entry(measurement.to_owned())
+                .or_default()
+                .insert(column.to_owned(), kind);
+            pending
+                .columns
+                .push((measurement.to_owned(), column.to_owned(), kind));
+        }
+        pending.bytes += cost;
+        Ok(())
+    }
+
+    fn known_field_type(&self, db: &str, measurement: &str, field: &str) -> Option<FieldType> {
+        match self.get(db, measurement, field)? {
+            ColumnKind::Field(field_type) => Some(field_type),
+            ColumnKind::Tag => None,
+        }
+    }
+}
+
+impl Schema {
+    /// An empty schema that holds at most what `bounds` allow.
+    pub fn new(bounds: Bounds) -> Schema {
+        Schema {
+            databases: HashMap::new(),
+            columns: 0,
+            bytes: 0,
+            full_warned: false,
+            bounds,
+        }
+    }
+
+    /// Registers a request's new columns as the registry would once their record is read
+    /// back: a column already known keeps its kind.
+    pub fn register(&mut self, db: &str, pending: &Pending) {
+        for (measurement, column, kind) in pending.columns() {
+            self.add(db, measurement, column, kind);
+        }
+    }
+
     fn get(&self, db: &str, measurement: &str, column: &str) -> Option<ColumnKind> {
         self.databases
             .get(db)?
@@ -433,7 +484,7 @@ impl Known {
     /// One record of `_schemas`: the first registration of a column wins.
     /// A record that does not parse is skipped with a warning rather than
     /// stopping the gateway: it registers nothing for anyone.
-    fn apply(&mut self, value: &[u8], bounds: &Bounds) {
+    fn apply(&mut self, value: &[u8]) {
         let Some((record, kind)) = serde_json::from_slice::<SchemaRecord<'_>>(value)
             .ok()
             .and_then(|record| {
@@ -451,14 +502,17 @@ impl Known {
             );
             return;
         };
-        if self
-            .get(&record.db, &record.measurement, &record.column)
-            .is_some()
-        {
+        self.add(&record.db, &record.measurement, &record.column, kind);
+    }
+
+    /// One column, unless it is known already (the first registration wins) or the bounds
+    /// are reached.
+    fn add(&mut self, db: &str, measurement: &str, column: &str, kind: ColumnKind) {
+        if self.get(db, measurement, column).is_some() {
             return;
         }
-        let cost = column_cost(&record.db, &record.measurement, &record.column);
-        if let Some(full) = self.room(bounds, &record.db, 1, cost) {
+        let cost = column_cost(db, measurement, column);
+        if let Some(full) = self.room(db, 1, cost) {
             if !self.full_warned {
                 tracing::warn!(
                     "{full}; further columns are ignored and writes introducing them rejected"
@@ -467,12 +521,12 @@ impl Known {
             }
             return;
         }
-        let database = self.databases.entry(record.db.into_owned()).or_default();
+        let database = self.databases.entry(db.to_owned()).or_default();
         database
             .tables
-            .entry(record.measurement.into_owned())
+            .entry(measurement.to_owned())
             .or_default()
-            .insert(record.column.into_owned(), kind);
+            .insert(column.to_owned(), kind);
         database.bytes += cost;
         self.columns += 1;
         self.bytes += cost;

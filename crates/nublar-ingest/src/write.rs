@@ -2,26 +2,20 @@
 //! decompress, parse and validate every line, append the accepted lines as
 //! one batch, and answer in the dialect of the endpoint that was called.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use nublar_bus::{BATCH_RECORDS_BYTES_MAX, BatchBuilder, BusError, Compression, Fingerprint};
-use nublar_model::json::EventsError;
-use nublar_model::{ParseLimits, ParsedLine, Precision, parse_lines, stored};
+use nublar_bus::{BusError, Fingerprint};
 use serde_json::json;
 
+use crate::admission::{self, Budget};
+pub(crate) use crate::admission::{Payload, PrecisionChoice, WriteFailure};
 use crate::auth::Action;
-use crate::dead_letters::Rejected;
 use crate::idempotency::Claim;
-use crate::limits::{
-    IDEMPOTENCY_KEY_BYTES_MAX, PERMIT_BYTES, REJECTED_LINES_REPORTED_MAX, RETRY_AFTER_SECONDS,
-    validate_db,
-};
+use crate::limits::{IDEMPOTENCY_KEY_BYTES_MAX, PERMIT_BYTES, RETRY_AFTER_SECONDS};
 use crate::schema::Registered;
 use crate::{Inner, TELEMETRY_TOPIC, dead_letters};
 
@@ -34,21 +28,6 @@ pub(crate) enum Dialect {
     V3,
     /// nublar's JSON events: `{"code": …, "message": …, "errors": [{event, error_message, original_event}]}`.
     Events,
-}
-
-/// What the body holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Payload {
-    LineProtocol,
-    /// A JSON array or NDJSON of events.
-    Json,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PrecisionChoice {
-    Fixed(Precision),
-    /// Guess the unit of each timestamp from its magnitude, as InfluxDB 3 does.
-    Auto,
 }
 
 pub(crate) struct WriteRequest {
@@ -66,38 +45,6 @@ pub(crate) struct WriteRequest {
     /// The same request was stored before under its key: answer as then,
     /// store nothing.
     pub replay: bool,
-}
-
-pub(crate) struct WriteFailure {
-    pub status: StatusCode,
-    pub message: String,
-    pub rejected: Vec<Rejected>,
-    /// Total rejected lines (more than `rejected` lists when over the limit).
-    pub rejected_total: usize,
-    /// Seconds the client is told to wait (`Retry-After`) before trying again.
-    pub retry_after: Option<u64>,
-    /// Some of the request was stored all the same (a partial write).
-    pub stored: bool,
-}
-
-impl WriteFailure {
-    fn plain(status: StatusCode, message: impl Into<String>) -> WriteFailure {
-        WriteFailure {
-            status,
-            message: message.into(),
-            rejected: Vec::new(),
-            rejected_total: 0,
-            retry_after: None,
-            stored: false,
-        }
-    }
-
-    fn retry_later(status: StatusCode, message: impl Into<String>, seconds: u64) -> WriteFailure {
-        WriteFailure {
-            retry_after: Some(seconds.max(1)),
-            ..WriteFailure::plain(status, message)
-        }
-    }
 }
 
 /// Reads the request, runs the write and turns the outcome into a response.
@@ -442,170 +389,73 @@ async fn read_body(
 /// How much of a gzip body is decompressed before the in-flight bound is charged again.
 const DECOMPRESS_STEP_BYTES: usize = 1 << 20;
 
-/// Parses, validates and appends one request as one batch, in one pass over its body: each
-/// line or event is checked against the schema as it is read and, when it fits, encoded into
-/// the batch at once. So what a request holds is its body, its batch (charged to `held` as
-/// it grows) and one line or event at a time; no list of parsed lines, no JSON tree.
+/// Admits one request (see [`admission`](crate::admission)), then does what its admission
+/// asks: takes the rate limit, registers the new columns, appends the batch and keeps the
+/// dead letters, in that order, so that a refused request leaves nothing behind and a
+/// request that failed to store keeps no dead letters that its retry would keep again.
 pub(crate) async fn handle(
     inner: &Inner,
     request: WriteRequest,
     held: &mut Held<'_>,
 ) -> Result<(), WriteFailure> {
-    if let Err(reason) = validate_db(&request.db) {
-        return Err(WriteFailure::plain(StatusCode::BAD_REQUEST, reason));
-    }
-    let received_ns = now_ns();
-    let parse_precision = match request.precision {
-        PrecisionChoice::Fixed(precision) => precision,
-        PrecisionChoice::Auto => Precision::Ns,
-    };
-    let sender = request.sender.to_string();
-    let all_or_nothing = !request.accept_partial;
-    let mut builder = BatchBuilder::with_capacity(Compression::Lz4, request.body.len() + 1024);
-    if let Some(key) = &request.idempotency_key {
-        builder = builder
-            .batch_key(&format!("{}/{}", request.db, key))
-            .expect("database and key lengths are bounded to fit a batch key");
-        if let Some(fingerprint) = request.fingerprint {
-            builder = builder.fingerprint(fingerprint);
-        }
-    }
-    let mut pass = Pass {
-        inner,
-        db: &request.db,
-        sender: &sender,
-        all_or_nothing,
-        pending: crate::schema::Pending::default(),
-        builder,
-        line_buffer: Vec::with_capacity(256),
-        decoded: 0,
-        rejected: Vec::new(),
-        rejected_total: 0,
-        rejected_bytes: 0,
-        rejected_by_reason: BTreeMap::new(),
-        body_bytes: request.body.len(),
-        next_charge: 0,
-        held,
-    };
-    let body = &request.body[..];
-    match request.payload {
-        Payload::LineProtocol => {
-            let mut locator = LineLocator::new(body);
-            for (line_number, parsed) in parse_lines(body, parse_precision, ParseLimits::default())
-            {
-                let mut line = match parsed {
-                    Ok(line) => line,
-                    Err(error) => {
-                        let reason = error.kind().name();
-                        let message = error.to_string();
-                        pass.reject(line_number, reason, || error.original_line(body), message)?;
-                        continue;
-                    }
-                };
-                line.timestamp_ns = Some(match (line.timestamp_ns, request.precision) {
-                    (None, _) => received_ns,
-                    (Some(raw), PrecisionChoice::Auto) => match auto_precision(raw) {
-                        Some(ns) => ns,
-                        None => {
-                            let message = format!("timestamp {raw} is out of range");
-                            let original = || locator.line(line_number);
-                            pass.reject(line_number, "timestamp_out_of_range", original, message)?;
-                            continue;
-                        }
-                    },
-                    (Some(ns), PrecisionChoice::Fixed(_)) => ns,
-                });
-                pass.take(line_number, &line, || locator.line(line_number))?;
-            }
-        }
-        Payload::Json => {
-            let known = |measurement: &str, field: &str| {
-                inner
-                    .schemas
-                    .known_field_type(&request.db, measurement, field)
-            };
-            let walked = nublar_model::json::for_each_event(
-                body,
-                ParseLimits::default(),
-                known,
-                |number, raw, decoded| {
-                    let original = || Cow::Borrowed(raw);
-                    match decoded {
-                        Ok(mut event) => {
-                            event.timestamp_ns.get_or_insert(received_ns);
-                            pass.take(number, &event, original)
-                        }
-                        Err(error) => pass.reject(number, error.reason, original, error.message),
-                    }
-                },
-            );
-            match walked {
-                Ok(_) => {}
-                Err(EventsError::Body(message)) => {
-                    return Err(WriteFailure::plain(StatusCode::BAD_REQUEST, message));
-                }
-                Err(EventsError::Stopped(failure)) => return Err(failure),
-            }
-        }
-    }
-    let Pass {
-        pending,
-        builder,
-        decoded,
-        rejected,
-        rejected_total,
-        rejected_by_reason,
-        ..
-    } = pass;
-    // Taken before anything is registered or stored, so that a refused
-    // request leaves nothing behind.
-    if let Some((token, events_per_second)) = &request.rate
-        && let Err(wait) = inner.rates.take(token, *events_per_second, decoded)
-    {
-        return Err(rate_limited(token, *events_per_second, wait));
-    }
-    let all_or_nothing_failed = rejected_total > 0 && all_or_nothing;
-    let accepted = if all_or_nothing_failed {
-        0
-    } else {
-        builder.len()
-    };
-    inner.metrics.count_lines(accepted, &rejected_by_reason);
-
     let batch_key = request
         .idempotency_key
         .as_ref()
         .map(|key| format!("{}/{}", request.db, key));
+    let admitting = admission::Request {
+        payload: request.payload,
+        db: &request.db,
+        body: &request.body,
+        precision: request.precision,
+        accept_partial: request.accept_partial,
+        sender: request.sender,
+        batch_key: batch_key.as_deref().map(|key| (key, request.fingerprint)),
+        partitions: inner.partitions,
+    };
+    let admitted = admission::admit(&admitting, &inner.schemas, now_ns(), held)?;
+    // Taken before anything is registered or stored, so that a refused
+    // request leaves nothing behind.
+    if let Some((token, events_per_second)) = &request.rate
+        && let Err(wait) = inner
+            .rates
+            .take(token, *events_per_second, admitted.decoded)
+    {
+        return Err(rate_limited(token, *events_per_second, wait));
+    }
+    inner
+        .metrics
+        .count_lines(admitted.accepted, &admitted.rejected_by_reason);
+    let sender = request.sender.to_string();
     let origin = || dead_letters::Origin {
         db: &request.db,
         sender: request.sender,
         sender_text: &sender,
-        received_ns,
+        received_ns: admitted.received_ns,
         batch_key: batch_key.as_deref(),
         fingerprint: request.fingerprint,
     };
-    if all_or_nothing_failed {
+    if admitted.refused_whole(&admitting) {
         // It stores nothing, so it registers nothing either.
-        dead_letters::append(inner, origin(), &rejected, rejected_total).await;
+        dead_letters::append(inner, origin(), &admitted.rejected, admitted.rejected_total).await;
         return Err(WriteFailure {
             status: StatusCode::BAD_REQUEST,
             message: match request.payload {
                 Payload::LineProtocol => "parsing failed for write_lp endpoint".into(),
                 Payload::Json => "no event was stored: some events were rejected".into(),
             },
-            rejected,
-            rejected_total,
+            rejected: admitted.rejected,
+            rejected_total: admitted.rejected_total,
             retry_after: None,
             stored: false,
         });
     }
     // A replay's batch (and dead letters) were stored by the first request.
-    if accepted > 0 && !request.replay {
+    if let Some(batch) = admitted.batch.filter(|_| !request.replay) {
         // The columns the stored lines introduce are registered before the batch that uses
         // them, so every stored line fits the registry.
         let registered = inner
             .schemas
-            .register(inner.bus.as_ref(), &request.db, &pending)
+            .register(inner.bus.as_ref(), &request.db, &admitted.pending)
             .await
             .map_err(bus_failure)?;
         if let Registered::Raced(what) = registered {
@@ -619,18 +469,11 @@ pub(crate) async fn handle(
                 RETRY_AFTER_SECONDS,
             ));
         }
-        let batch = match builder.finish() {
-            Ok(batch) => batch,
-            Err(error) => {
-                return Err(WriteFailure::plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the accepted lines do not fit one batch: {error}"),
-                ));
-            }
-        };
-        let partition = partition_for(request.sender, inner.partitions);
         let appending = std::time::Instant::now();
-        let appended = inner.bus.append(TELEMETRY_TOPIC, partition, batch).await;
+        let appended = inner
+            .bus
+            .append(TELEMETRY_TOPIC, admitted.partition, batch)
+            .await;
         inner
             .metrics
             .observe_append(appending.elapsed().as_secs_f64());
@@ -638,11 +481,12 @@ pub(crate) async fn handle(
             return Err(bus_failure(error));
         }
     }
-    if rejected_total > 0 {
+    if admitted.rejected_total > 0 {
         // Only once the data are stored: a request that failed to store is
         // retried, and its dead letters would be kept twice.
         if !request.replay {
-            dead_letters::append(inner, origin(), &rejected, rejected_total).await;
+            dead_letters::append(inner, origin(), &admitted.rejected, admitted.rejected_total)
+                .await;
         }
         return Err(WriteFailure {
             status: StatusCode::BAD_REQUEST,
@@ -650,183 +494,13 @@ pub(crate) async fn handle(
                 Payload::LineProtocol => "partial write of line protocol occurred".into(),
                 Payload::Json => "partial write of events occurred".into(),
             },
-            rejected,
-            rejected_total,
+            rejected: admitted.rejected,
+            rejected_total: admitted.rejected_total,
             retry_after: None,
-            stored: accepted > 0,
+            stored: admitted.accepted > 0,
         });
     }
     Ok(())
-}
-
-/// One request's walk through its lines or events.
-struct Pass<'a, 'h, 'i> {
-    inner: &'a Inner,
-    db: &'a str,
-    sender: &'a str,
-    all_or_nothing: bool,
-    /// The columns the request introduces, registered once it is read.
-    pending: crate::schema::Pending,
-    builder: BatchBuilder,
-    /// One line's stored layout at a time.
-    line_buffer: Vec<u8>,
-    /// Lines or events that decoded, fitting the schema or not: what a rate limit counts.
-    decoded: u64,
-    rejected: Vec<Rejected>,
-    rejected_total: usize,
-    /// Bytes of the rejected lines' text kept for the answer and the dead letters.
-    rejected_bytes: usize,
-    rejected_by_reason: BTreeMap<&'static str, u64>,
-    body_bytes: usize,
-    /// The batch size at which the in-flight bound is charged next.
-    next_charge: usize,
-    held: &'h mut Held<'i>,
-}
-
-/// How much more of the batch a request may encode before it is charged to the in-flight
-/// bound again, at most: a request is charged a step ahead, and a small one a small step
-/// (its body's size).
-const CHARGE_STEP_BYTES: usize = 1 << 20;
-/// The most of a rejected line's text kept for the answer and the dead letter.
-const REJECTED_TEXT_BYTES_MAX: usize = 64 * 1024;
-
-impl Pass<'_, '_, '_> {
-    /// A line or event that decoded: checked against the schema, and encoded into the batch
-    /// when it fits (and the request may still store anything).
-    fn take<'o>(
-        &mut self,
-        number: usize,
-        event: &ParsedLine<'_>,
-        original: impl FnOnce() -> Cow<'o, str>,
-    ) -> Result<(), WriteFailure> {
-        self.decoded += 1;
-        if let Err(conflict) = self
-            .inner
-            .schemas
-            .check_line(self.db, event, &mut self.pending)
-        {
-            return self.reject(number, conflict.reason, original, conflict.message);
-        }
-        if self.all_or_nothing && self.rejected_total > 0 {
-            return Ok(());
-        }
-        self.line_buffer.clear();
-        stored::encode(event, &mut self.line_buffer);
-        let value = self.line_buffer.as_slice();
-        if self.builder.is_empty() {
-            self.builder.push(
-                None,
-                value,
-                &[
-                    ("db", self.db.as_bytes()),
-                    ("sender", self.sender.as_bytes()),
-                ],
-            );
-        } else {
-            self.builder.push(None, value, &[]);
-        }
-        // Every consumer decompresses a batch into memory and refuses one past this bound; a
-        // request that would make one is refused here, before it is stored and before its
-        // batch grows further.
-        if self.builder.encoded_bytes() > BATCH_RECORDS_BYTES_MAX {
-            return Err(WriteFailure::plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request's events take more than {BATCH_RECORDS_BYTES_MAX} bytes in the \
-                     log's stored layout, the most one batch may take (a reader's limit); send \
-                     fewer lines or fields per request"
-                ),
-            ));
-        }
-        if self.builder.encoded_bytes() >= self.next_charge {
-            self.charge()?;
-        }
-        Ok(())
-    }
-
-    fn reject<'o>(
-        &mut self,
-        line_number: usize,
-        reason: &'static str,
-        original: impl FnOnce() -> Cow<'o, str>,
-        message: String,
-    ) -> Result<(), WriteFailure> {
-        self.rejected_total += 1;
-        *self.rejected_by_reason.entry(reason).or_default() += 1;
-        if self.rejected.len() < REJECTED_LINES_REPORTED_MAX {
-            let original_line = bounded_text(original());
-            self.rejected_bytes += original_line.len() + message.len();
-            self.rejected.push(Rejected {
-                line_number,
-                reason,
-                original_line,
-                message,
-            });
-            self.charge()?;
-        }
-        Ok(())
-    }
-
-    /// Charges what the request holds now, and up to one step more of its batch, to the
-    /// in-flight bound: its body, its batch twice (a growing buffer is copied into one twice
-    /// its size, and at the end the batch is compressed beside its records), the rejected
-    /// lines kept, and the largest line's stored layout (with the names it copied).
-    fn charge(&mut self) -> Result<(), WriteFailure> {
-        let step = self.body_bytes.clamp(1, CHARGE_STEP_BYTES);
-        self.next_charge = self.builder.encoded_bytes() + step;
-        let holding = self.body_bytes
-            + 2 * self.next_charge
-            + self.rejected_bytes
-            + 2 * self.line_buffer.capacity();
-        self.held.grow_to(holding)
-    }
-}
-
-/// A rejected line's text as kept: at most [`REJECTED_TEXT_BYTES_MAX`] bytes of it.
-fn bounded_text(text: Cow<'_, str>) -> String {
-    if text.len() <= REJECTED_TEXT_BYTES_MAX {
-        return text.into_owned();
-    }
-    let mut end = REJECTED_TEXT_BYTES_MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes in all)", &text[..end], text.len())
-}
-
-/// Finds the text of a line by its number, for lines asked for in ascending order: one walk
-/// over the body for all of them.
-struct LineLocator<'a> {
-    body: &'a [u8],
-    /// The number of the line that starts at `at`.
-    number: usize,
-    at: usize,
-}
-
-impl<'a> LineLocator<'a> {
-    fn new(body: &'a [u8]) -> LineLocator<'a> {
-        LineLocator {
-            body,
-            number: 1,
-            at: 0,
-        }
-    }
-
-    fn line(&mut self, number: usize) -> Cow<'a, str> {
-        while self.number < number && self.at <= self.body.len() {
-            match memchr::memchr(b'\n', &self.body[self.at..]) {
-                Some(found) => self.at += found + 1,
-                None => self.at = self.body.len() + 1,
-            }
-            self.number += 1;
-        }
-        let rest = self.body.get(self.at..).unwrap_or_default();
-        let line = match memchr::memchr(b'\n', rest) {
-            Some(end) => &rest[..end],
-            None => rest,
-        };
-        String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line))
-    }
 }
 
 /// What a request holds of the in-flight bound, grown as it holds more and given back when
@@ -873,32 +547,10 @@ impl<'a> Held<'a> {
     }
 }
 
-/// One sender always lands in one partition, so its series keep their order.
-fn partition_for(sender: IpAddr, partitions: u32) -> u32 {
-    let bytes = match sender {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    };
-    // FNV-1a: stable across versions and runs, unlike the std hasher.
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % u64::from(partitions)) as u32
-}
-
-/// InfluxDB 3's guess: the unit that puts the timestamp nearest today.
-fn auto_precision(raw: i64) -> Option<i64> {
-    let magnitude = raw.unsigned_abs();
-    let precision = if magnitude < 5_000_000_000 {
-        Precision::S
-    } else if magnitude < 5_000_000_000_000 {
-        Precision::Ms
-    } else if magnitude < 5_000_000_000_000_000 {
-        Precision::Us
-    } else {
-        Precision::Ns
-    };
-    precision.to_nanoseconds(raw).ok()
+impl Budget for Held<'_> {
+    fn grow_to(&mut self, bytes: usize) -> Result<(), WriteFailure> {
+        Held::grow_to(self, bytes)
+    }
 }
 
 fn now_ns() -> i64 {

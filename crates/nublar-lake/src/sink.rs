@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nublar_bus::{Bus, BusError, ReadBatches, Stalls, Start, Unreadable};
+use nublar_sink::{AfterPass, CommitStep, Limits, SinkCore, start_at};
 
 use crate::store::DurableLocalStore;
 use nublar_model::{Event, Field, FieldType, FieldValue, ParsedLine, Tag, stored};
@@ -127,47 +128,16 @@ pub struct Sink {
     counters: Arc<SinkCounters>,
 }
 
-/// The rows of one table waiting for the next commit, and the positions they take it to.
-#[derive(Default)]
-struct Pending {
-    buffer: TableBuffer,
-    /// By log partition: the last offset among the rows, `None` when the rows hold none of it.
-    last: Vec<Option<i64>>,
-}
-
-impl Pending {
-    fn note(&mut self, partition: u32, offset: i64) {
-        let partition = partition as usize;
-        if self.last.len() <= partition {
-            self.last.resize(partition + 1, None);
-        }
-        self.last[partition] = Some(offset);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.last.iter().all(Option::is_none)
-    }
-
-    /// The positions a commit of these rows records: app id → last offset.
-    fn positions(&self, app_ids: &[String]) -> BTreeMap<String, i64> {
-        self.last
-            .iter()
-            .zip(app_ids)
-            .filter_map(|(last, app)| Some((app.clone(), (*last)?)))
-            .collect()
-    }
-}
-
-/// An open table and what waits for its next commit.
+/// An open table and the rows waiting for its next commit; its number in the round's
+/// [`SinkCore`] is its index in `Round::slots`.
 struct Slot {
     table: Table,
-    pending: Pending,
+    buffer: TableBuffer,
 }
 
-/// One round's state: rebuilt from the group's offsets after any failure.
+/// One round: its decisions in `core`, rebuilt from the group's offsets after any failure.
 struct Round {
-    next: Vec<i64>,
-    committed: Vec<i64>,
+    core: SinkCore,
     /// Every table opened this round.
     slots: Vec<Slot>,
     /// Database → table name → index in `slots`: looked up by the names of each record as
@@ -175,12 +145,15 @@ struct Round {
     tables: HashMap<String, HashMap<String, usize>>,
     /// The database, table and slot of the last row: consecutive rows mostly share a table.
     last: Option<(String, String, usize)>,
-    oldest_pending: Option<Instant>,
     app_ids: Vec<String>,
-    /// Once asked to stop: the end of each partition then, which the round reads up to.
-    drain_to: Option<Vec<i64>>,
-    /// By partition: stopped at a batch that cannot be read, until an operator moves it on.
-    stalled: Vec<bool>,
+    /// The clock the core reads: time since the round began.
+    began: Instant,
+}
+
+impl Round {
+    fn now(&self) -> Duration {
+        self.began.elapsed()
+    }
 }
 
 impl Sink {
@@ -228,7 +201,7 @@ impl Sink {
     async fn round(&self, stop: &mut watch::Receiver<bool>) -> Result<(), LakeError> {
         let topic = &self.config.topic;
         let partitions = self.bus.partitions(topic).await.map_err(LakeError::Bus)?;
-        let mut next = Vec::new();
+        let mut starts = Vec::new();
         for partition in 0..partitions {
             let committed = self
                 .bus
@@ -241,64 +214,56 @@ impl Sink {
                 .await
                 .map_err(LakeError::Bus)?
                 .start;
-            let start = match committed {
-                // An operator reclaimed the log's space past what the lake had read
-                // (`nublar log reclaim`): those records are gone, and the log says how many.
-                Some(offset) if offset < first => {
-                    tracing::warn!(
-                        topic,
-                        partition,
-                        lost = first - offset,
-                        "records the lake had not read were reclaimed from the log; going on from its start"
-                    );
-                    first
-                }
-                Some(offset) => offset,
-                None => first,
-            };
-            next.push(start);
+            let start = start_at(committed, first);
+            // An operator reclaimed the log's space past what the lake had read
+            // (`nublar log reclaim`): those records are gone, and the log says how many.
+            if start.lost > 0 {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    lost = start.lost,
+                    "records the lake had not read were reclaimed from the log; going on from its start"
+                );
+            }
+            starts.push(start.offset);
         }
+        let limits = Limits {
+            rows_max: self.config.rows_max,
+            bytes_max: self.config.bytes_max,
+            commit_interval: self.config.commit_interval,
+        };
         let mut round = Round {
-            committed: next.clone(),
-            next,
+            core: SinkCore::new(starts, limits),
             slots: Vec::new(),
             tables: HashMap::new(),
             last: None,
-            oldest_pending: None,
             app_ids: (0..partitions).map(|p| app_id(topic, p)).collect(),
-            drain_to: None,
-            stalled: vec![false; partitions as usize],
+            began: Instant::now(),
         };
         let (group, stalls) = (&self.config.group, &self.config.stalls);
         loop {
             let mut read_any = false;
             for partition in 0..partitions {
-                let index = partition as usize;
-                if round.stalled[index] {
+                if round.core.is_stalled(partition) {
                     let Some(to) = stalls.skip_to(group, topic, partition) else {
                         continue;
                     };
                     // The operator's word: the group moves past what lies between, at the
                     // next commit, which is now.
-                    round.next[index] = to;
-                    round.stalled[index] = false;
+                    round.core.resume(partition, to);
                     stalls.resumed(group, topic, partition, to);
                     self.commit(&mut round).await?;
                 }
+                let at = round.core.next(partition);
                 let read = self
                     .bus
-                    .read(
-                        topic,
-                        partition,
-                        Start::Offset(round.next[index]),
-                        self.config.read_bytes,
-                    )
+                    .read(topic, partition, Start::Offset(at), self.config.read_bytes)
                     .await;
                 let batches = match read {
                     Ok(batches) => batches,
                     Err(BusError::Corruption(reason)) => {
-                        stalls.stall(group, topic, partition, round.next[index], None, &reason);
-                        round.stalled[index] = true;
+                        stalls.stall(group, topic, partition, at, None, &reason);
+                        round.core.stall(partition, at);
                         continue;
                     }
                     Err(error) => return Err(LakeError::Bus(error)),
@@ -306,9 +271,9 @@ impl Sink {
                 if let Some(next) = batches.next_offset() {
                     read_any = true;
                     match self.take(&mut round, partition, &batches).await? {
-                        None => round.next[index] = next,
+                        None => round.core.advance(partition, next),
                         Some(broken) => {
-                            round.next[index] = broken.offset;
+                            round.core.stall(partition, broken.offset);
                             stalls.stall(
                                 group,
                                 topic,
@@ -317,55 +282,41 @@ impl Sink {
                                 broken.resume_at,
                                 &broken.reason,
                             );
-                            round.stalled[index] = true;
                         }
                     }
                 }
-                if self.full(&round) {
+                if round.core.full() {
                     self.commit(&mut round).await?;
                 }
             }
-            // Asked to stop: read up to where the log ends now, so that a drained node's lake
-            // holds everything it acknowledged, then commit and return.
-            if *stop.borrow() && round.drain_to.is_none() {
-                let mut ends = Vec::new();
-                for partition in 0..partitions {
-                    ends.push(
-                        self.bus
-                            .offsets(topic, partition)
-                            .await
-                            .map_err(LakeError::Bus)?
-                            .end,
-                    );
+            let (now, stopping) = (round.now(), *stop.borrow());
+            let (commit, done, wait) = match round.core.pass_done(read_any, stopping, now) {
+                // Asked to stop: read up to where the log ends now, so that a drained node's
+                // lake holds everything it acknowledged, then commit and return.
+                AfterPass::FetchEnds => {
+                    let mut ends = Vec::new();
+                    for partition in 0..partitions {
+                        ends.push(
+                            self.bus
+                                .offsets(topic, partition)
+                                .await
+                                .map_err(LakeError::Bus)?
+                                .end,
+                        );
+                    }
+                    round.core.drain_to(ends);
+                    continue;
                 }
-                round.drain_to = Some(ends);
-                continue;
-            }
-            let drained = round.drain_to.as_ref().is_some_and(|ends| {
-                !read_any || round.next.iter().zip(ends).all(|(next, end)| next >= end)
-            });
-            let due = round
-                .oldest_pending
-                .is_some_and(|oldest| oldest.elapsed() >= self.config.commit_interval);
-            if drained || due || (!read_any && round.next != round.committed) {
+                AfterPass::Go { commit, done, wait } => (commit, done, wait),
+            };
+            if commit {
                 self.commit(&mut round).await?;
             }
-            if drained {
+            if done {
                 return Ok(());
             }
-            if !read_any && round.drain_to.is_none() {
-                let wait = match round.oldest_pending {
-                    Some(oldest) => self.config.commit_interval.saturating_sub(oldest.elapsed()),
-                    None => self.config.commit_interval,
-                };
-                // A stalled partition has records past where it stands, which must not wake
-                // the sink: it waits for an operator instead.
-                let waiting: Vec<Option<i64>> = round
-                    .next
-                    .iter()
-                    .zip(&round.stalled)
-                    .map(|(next, stalled)| (!stalled).then_some(*next))
-                    .collect();
+            if let Some(wait) = wait {
+                let waiting = round.core.waiting();
                 tokio::select! {
                     () = self.wait_for_records(&waiting, wait) => {}
                     () = stalls.changed() => {}
@@ -373,16 +324,6 @@ impl Sink {
                 }
             }
         }
-    }
-
-    fn full(&self, round: &Round) -> bool {
-        let (rows, bytes) = round.slots.iter().fold((0, 0), |(rows, bytes), slot| {
-            (
-                rows + slot.pending.buffer.rows(),
-                bytes + slot.pending.buffer.bytes(),
-            )
-        });
-        rows >= self.config.rows_max || bytes >= self.config.bytes_max
     }
 
     /// Waits until any partition has a record past `next` (those with `None` are not watched),
@@ -423,7 +364,7 @@ impl Sink {
         partition: u32,
         batches: &ReadBatches,
     ) -> Result<Option<Unreadable>, LakeError> {
-        let from = round.next[partition as usize];
+        let from = round.core.next(partition);
         let mut mismatches: Vec<Mismatch> = Vec::new();
         let mut broken = None;
         'batches: for view in batches.iter() {
@@ -519,8 +460,7 @@ impl Sink {
                     .timestamp_ns
                     .unwrap_or(record.timestamp_ms.saturating_mul(1_000_000));
                 let table = &slot.table;
-                let pending = &mut slot.pending;
-                pending.buffer.push(
+                slot.buffer.push(
                     line,
                     timestamp_ns,
                     &RowOrigin {
@@ -530,8 +470,11 @@ impl Sink {
                     |name| table.known(name),
                     &mut mismatches,
                 );
-                pending.note(partition, record.offset);
-                round.oldest_pending.get_or_insert_with(Instant::now);
+                let bytes = slot.buffer.bytes();
+                let now = round.now();
+                round
+                    .core
+                    .row_taken(index, partition, record.offset, bytes, now);
             }
         }
         if !mismatches.is_empty() {
@@ -576,9 +519,10 @@ impl Sink {
         .await?;
         round.slots.push(Slot {
             table,
-            pending: Pending::default(),
+            buffer: TableBuffer::default(),
         });
-        let index = round.slots.len() - 1;
+        let index = round.core.add_table();
+        debug_assert_eq!(index, round.slots.len() - 1);
         round
             .tables
             .entry(db.to_owned())
@@ -587,36 +531,41 @@ impl Sink {
         Ok(index)
     }
 
-    /// Commits every table's rows, then the group's offsets.
+    /// Commits as the core orders it: every table's rows, then the group's offsets.
     async fn commit(&self, round: &mut Round) -> Result<(), LakeError> {
-        round.oldest_pending = None;
-        for slot in &mut round.slots {
-            if slot.pending.is_empty() {
-                continue;
+        round.core.begin_commit();
+        while let Some(step) = round.core.commit_step() {
+            match &step {
+                CommitStep::Table { table, positions } => {
+                    let slot = &mut round.slots[*table];
+                    let rows = slot.buffer.rows();
+                    let positions: BTreeMap<String, i64> = positions
+                        .iter()
+                        .map(|(partition, last)| {
+                            (round.app_ids[*partition as usize].clone(), *last)
+                        })
+                        .collect();
+                    slot.table.commit(&mut slot.buffer, &positions).await?;
+                    self.counters
+                        .rows_written
+                        .fetch_add(rows as u64, Ordering::Relaxed);
+                    self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                }
+                CommitStep::Group { offsets } => {
+                    let offsets: Vec<(&str, u32, i64)> = offsets
+                        .iter()
+                        .enumerate()
+                        .map(|(partition, offset)| {
+                            (self.config.topic.as_str(), partition as u32, *offset)
+                        })
+                        .collect();
+                    self.bus
+                        .commit(&self.config.group, &offsets)
+                        .await
+                        .map_err(LakeError::Bus)?;
+                }
             }
-            let rows = slot.pending.buffer.rows();
-            let positions = slot.pending.positions(&round.app_ids);
-            slot.table
-                .commit(&mut slot.pending.buffer, &positions)
-                .await?;
-            slot.pending.last.clear();
-            self.counters
-                .rows_written
-                .fetch_add(rows as u64, Ordering::Relaxed);
-            self.counters.commits.fetch_add(1, Ordering::Relaxed);
-        }
-        if round.next != round.committed {
-            let offsets: Vec<(&str, u32, i64)> = round
-                .next
-                .iter()
-                .enumerate()
-                .map(|(partition, offset)| (self.config.topic.as_str(), partition as u32, *offset))
-                .collect();
-            self.bus
-                .commit(&self.config.group, &offsets)
-                .await
-                .map_err(LakeError::Bus)?;
-            round.committed = round.next.clone();
+            round.core.step_done(&step);
         }
         Ok(())
     }

@@ -800,7 +800,9 @@ impl Partition {
             Ok(()) => Ok(()),
             Err(error) => {
                 self.stop(format!("fdatasync failed {during}: {error}"));
-                self.write_durable_mark();
+                if !self.write_durable_mark() {
+                    self.cut_to_durable(segment);
+                }
                 Err(self.stopped_error())
             }
         }
@@ -819,8 +821,9 @@ impl Partition {
         }
     }
 
-    /// Records the durable mark on disk, for the recovery after a failed sync.
-    fn write_durable_mark(&self) {
+    /// Records the durable mark on disk, for the recovery after a failed sync; answers
+    /// whether it did.
+    fn write_durable_mark(&self) -> bool {
         let mark = *self.durable.lock().unwrap();
         let path = self.dir.join(DURABLE_MARK);
         let temporary = path.with_extension("tmp");
@@ -832,7 +835,7 @@ impl Partition {
             self.storage.rename(&temporary, &path)?;
             self.storage.sync_dir(&self.dir)
         })();
-        match written {
+        match &written {
             Ok(()) => tracing::warn!(
                 topic = %self.topic,
                 partition = self.id,
@@ -843,9 +846,36 @@ impl Partition {
             Err(error) => tracing::error!(
                 topic = %self.topic,
                 partition = self.id,
-                "could not record how far the partition was durable ({error}); the next start \
-                 cannot tell what a failed sync lost"
+                "could not record how far the partition was durable ({error}); cutting the \
+                 active segment back to it instead"
             ),
+        }
+        written.is_ok()
+    }
+
+    /// When the durable mark could not be written (the disk failing twice in a row): cuts
+    /// `segment` back to the mark in place, as recovery would have. The pages past it are
+    /// what a failed write-back may have left readable but never written; once the file
+    /// is cut, a restart of the process (the machine still up, its page cache intact) cannot
+    /// read them, take them for durable, and answer a retried request with their offsets.
+    /// After a power loss the disk holds what it holds, and recovery's scan judges it.
+    /// Readers never see past the durable mark, and appends stop before their sync, so the
+    /// cut takes nothing anyone was told of.
+    fn cut_to_durable(&self, segment: &Segment) {
+        let mark = *self.durable.lock().unwrap();
+        let keep = match mark.segment_base.cmp(&segment.base_offset) {
+            std::cmp::Ordering::Equal => mark.position,
+            // A segment started after the mark never had a sync succeed.
+            std::cmp::Ordering::Less => 0,
+            std::cmp::Ordering::Greater => return,
+        };
+        if let Err(error) = segment.file.set_len(keep) {
+            tracing::error!(
+                topic = %self.topic,
+                partition = self.id,
+                "could not cut the active segment back to what was durable ({error}); after a \
+                 restart without a power loss it may serve bytes that never reached the disk"
+            );
         }
     }
 

@@ -96,6 +96,50 @@ fn a_full_disk_fails_the_append_cleanly_and_appends_resume_when_space_returns() 
     );
 }
 
+/// Found by the deterministic simulation (`nublar-dst`, seed 118): a sync fails keeping its
+/// pages, the durable mark cannot be written either, the process restarts while the machine
+/// stays up, and the retried request must not be answered with offsets the disk never held.
+#[test]
+fn a_restart_after_a_failed_sync_and_a_failed_mark_serves_nothing_the_disk_never_held() {
+    let storage = SimStorage::new();
+    let clock = Arc::new(ManualClock::new(0));
+    let log = sim_log(&storage, &clock);
+    topics(&log);
+    log.append("sync", 0, keyed_batch(Some("first"), &["one"]))
+        .unwrap();
+    // The zero-filled segment has room for the batch, so only the mark needs new space.
+    storage.faults.limit_space(0);
+    storage
+        .faults
+        .fail_next_sync_keeping_pages
+        .store(true, Ordering::SeqCst);
+    let refused = log.append("sync", 0, keyed_batch(Some("second"), &["two"]));
+    assert!(
+        matches!(refused, Err(AppendError::PartitionStopped { .. })),
+        "{refused:?}"
+    );
+    drop(log);
+    storage.faults.unlimited_space();
+
+    // The process starts again; the page cache still holds "two", marked clean.
+    let log = sim_log(&storage, &clock);
+    let retried = log
+        .append("sync", 0, keyed_batch(Some("second"), &["two"]))
+        .unwrap();
+    assert!(
+        !retried.deduplicated,
+        "the retry was answered with offsets only the page cache held"
+    );
+    drop(log);
+    storage.crash(3);
+    let log = sim_log(&storage, &clock);
+    let values: Vec<String> = read_all(&log, "sync", 0, 0)
+        .into_iter()
+        .map(|(_, value)| value)
+        .collect();
+    assert_eq!(values, ["one", "two"]);
+}
+
 #[test]
 fn the_zero_filled_end_is_trimmed_at_recovery_and_not_taken_for_a_torn_batch() {
     let storage = SimStorage::new();
