@@ -36,7 +36,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket as StdUdpSocket};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+
 use std::time::{Duration, SystemTime};
 
 use tokio::io::Interest;
@@ -46,13 +46,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::auth::{AuthenticationMode, Authenticator};
+use crate::demux::{self, AcceptPolicy, Arrival, Bound, Dropped, Multihop, Received, Route};
 use crate::limits::{
     MULTIHOP_CONTROL_PORT, PACKET_BYTES_MAX, RECEIVE_BATCH_DATAGRAMS_MAX, RECEIVE_BUFFER_BYTES,
-    SINGLE_HOP_CONTROL_PORT, SINGLE_HOP_TTL, SPEAKER_COMMAND_CHANNEL_CAPACITY,
-    SPEAKER_EVENT_CHANNEL_CAPACITY, SPEAKER_SESSIONS_MAX, TRANSMIT_SOURCE_PORT_MAX,
-    TRANSMIT_SOURCE_PORT_MIN,
+    SINGLE_HOP_CONTROL_PORT, SPEAKER_COMMAND_CHANNEL_CAPACITY, SPEAKER_EVENT_CHANNEL_CAPACITY,
+    SPEAKER_SESSIONS_MAX, TRANSMIT_SOURCE_PORT_MAX, TRANSMIT_SOURCE_PORT_MIN,
 };
-use crate::packet::{ControlPacket, Diagnostic, State};
+use crate::packet::{Diagnostic, State};
 use crate::session::{
     Actions, Jitter, ParameterError, Parameters, ReceiveError, Session, SessionConfig,
     SplitMix64Jitter,
@@ -83,31 +83,6 @@ pub struct SessionSpec {
     /// A multihop session (RFC 5883) instead of single hop: received on the multihop port (see
     /// [`Speaker::listen_multihop`]) with a TTL of at least `min_ttl` instead of exactly 255.
     pub multihop: Option<Multihop>,
-}
-
-/// How a multihop session checks the TTL of what it receives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Multihop {
-    pub min_ttl: u8,
-}
-
-/// Which unknown peers the speaker answers, and how: a router or a gateway cannot list every
-/// sender that may want a session with it, so a Down packet with Your Discriminator zero from an
-/// address `admit` says yes to starts a passive session (local address = where the packet was
-/// sent, peer = where it came from, answered on the port the speaker listens on).
-#[derive(Clone)]
-pub struct AcceptPolicy {
-    /// Usually a prefix allow-list; a function so the speaker does not fix how it is written.
-    pub admit: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
-    pub parameters: Parameters,
-    /// When set, the first packet must already pass it, so that unauthenticated packets never
-    /// make the speaker open sockets.
-    pub authentication: Option<AuthenticationMode>,
-    /// Accepted sessions alive at once at most; further peers are refused and counted.
-    pub sessions_max: usize,
-    /// An accepted session that is not Up and has heard nothing for this long is removed, so
-    /// senders that went away do not keep sockets and slow transmissions forever.
-    pub idle: Duration,
 }
 
 /// Names a session for as long as the speaker runs; never reused.
@@ -734,6 +709,19 @@ struct Entry {
     last_received: Duration,
 }
 
+/// The driver's session maps as the demultiplexer looks them up.
+struct Lookup<'a>(&'a Driver);
+
+impl demux::Sessions<SessionId> for Lookup<'_> {
+    fn by_discriminator(&self, discriminator: u32) -> Option<SessionId> {
+        self.0.by_discriminator.get(&discriminator).copied()
+    }
+
+    fn by_addresses(&self, local: IpAddr, peer: IpAddr) -> Option<SessionId> {
+        self.0.by_addresses.get(&(local, peer)).copied()
+    }
+}
+
 /// What woke the task; computed inside `select!` and handled after it, when the futures that
 /// borrowed the sockets are gone.
 enum Wake {
@@ -937,41 +925,24 @@ impl Driver {
         self.next_sweep = (self.accepted_sessions > 0).then(|| now + ACCEPTED_SWEEP_INTERVAL);
     }
 
-    /// Starts a passive session for an unknown peer when the accept policy admits it; `None`
-    /// when it does not, counted by reason.
+    /// Starts a passive session for a stranger when the accept policy admits it (see
+    /// [`demux::accept`]); why not when it does not.
     fn accept_peer(
         &mut self,
         now: Duration,
-        destination: Option<IpAddr>,
-        source: IpAddr,
-        packet: &ControlPacket,
-        wire: &[u8],
-    ) -> Option<SessionId> {
-        let admitted = |policy: &&AcceptPolicy| (policy.admit)(source);
-        // RFC 5880 section 6.8.6: with Your Discriminator zero only Down (or AdminDown, which
-        // starts nothing) is valid.
-        let (Some(policy), Some(local), State::Down) = (
-            self.accept.as_ref().filter(admitted),
-            destination,
-            packet.state,
-        ) else {
-            self.counters.drops.unknown_peer += 1;
-            return None;
-        };
-        let authenticated = match &policy.authentication {
-            None => packet.authentication.is_none(),
-            Some(mode) => Authenticator::new(mode.clone(), 0)
-                .verify(packet, wire)
-                .is_ok(),
-        };
-        if !authenticated {
-            self.counters.drops.accept_authentication += 1;
-            return None;
-        }
-        if self.accepted_sessions >= policy.sessions_max {
-            self.counters.drops.accept_limit += 1;
-            return None;
-        }
+        arrival: &Arrival,
+        received: &Received<'_>,
+    ) -> Result<SessionId, Dropped> {
+        let local = demux::accept(
+            self.accept.as_ref(),
+            self.accepted_sessions,
+            arrival,
+            received,
+        )?;
+        let policy = self
+            .accept
+            .as_ref()
+            .expect("accept admits only under a policy");
         let listen_port = match local {
             IpAddr::V4(_) => self.ipv4.as_ref().and_then(|s| s.local_addr().ok()),
             IpAddr::V6(_) => self.ipv6.as_ref().and_then(|s| s.local_addr().ok()),
@@ -979,30 +950,23 @@ impl Driver {
         .map_or(SINGLE_HOP_CONTROL_PORT, |address| address.port());
         let spec = SessionSpec {
             local,
-            peer: source,
+            peer: arrival.source,
             peer_port: listen_port,
             parameters: policy.parameters,
             authentication: policy.authentication.clone(),
             passive: true,
             multihop: None,
         };
-        match self.add_session(spec) {
-            Ok(id) => {
-                let entry = self.sessions.get_mut(&id).expect("just added");
-                entry.accepted = true;
-                entry.last_received = now;
-                self.accepted_sessions += 1;
-                self.counters.sessions_accepted += 1;
-                if self.next_sweep.is_none() {
-                    self.next_sweep = Some(now + ACCEPTED_SWEEP_INTERVAL);
-                }
-                Some(id)
-            }
-            Err(_) => {
-                self.counters.drops.accept_limit += 1;
-                None
-            }
+        let id = self.add_session(spec).map_err(|_| Dropped::AcceptLimit)?;
+        let entry = self.sessions.get_mut(&id).expect("just added");
+        entry.accepted = true;
+        entry.last_received = now;
+        self.accepted_sessions += 1;
+        self.counters.sessions_accepted += 1;
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + ACCEPTED_SWEEP_INTERVAL);
         }
+        Ok(id)
     }
 
     fn add_session(&mut self, spec: SessionSpec) -> Result<SessionId, AddSessionError> {
@@ -1145,59 +1109,41 @@ impl Driver {
         multihop: bool,
     ) {
         self.counters.datagrams_received += 1;
-        // Multihop packets are checked against their session's minimum once it is known.
-        let ttl_known = info.hop_limit.is_some();
-        if !ttl_known || (!multihop && info.hop_limit != Some(SINGLE_HOP_TTL)) {
-            self.counters.drops.wrong_ttl += 1;
-            return;
-        }
-        let packet = match ControlPacket::decode(payload) {
-            Ok(packet) => packet,
-            Err(_) => {
-                self.counters.drops.malformed += 1;
-                return;
-            }
+        let arrival = Arrival {
+            source: info.source.ip(),
+            destination: info.destination,
+            hop_limit: info.hop_limit,
+            multihop,
         };
-        let source = info.source.ip();
-        // The hash of authenticated packets covers exactly Length bytes; decode checked that
-        // the payload holds that many.
-        let wire = &payload[..usize::from(payload[3])];
-        let id = if packet.your_discriminator != 0 {
-            match self.by_discriminator.get(&packet.your_discriminator) {
-                Some(id) => *id,
-                None => {
-                    self.counters.drops.unknown_discriminator += 1;
-                    return;
-                }
-            }
-        } else {
-            let found = info
-                .destination
-                .and_then(|destination| self.by_addresses.get(&(destination, source)).copied());
-            match found.or_else(|| self.accept_peer(now, info.destination, source, &packet, wire)) {
-                Some(id) => id,
-                None => return,
-            }
+        let routed = demux::route(&arrival, payload, &Lookup(self));
+        let id = match routed {
+            Ok((ref received, Route::Stranger)) => self.accept_peer(now, &arrival, received),
+            Ok((_, Route::Session(id))) => Ok(id),
+            Err(drop) => Err(drop),
+        };
+        let (received, id) = match (routed, id) {
+            (Ok((received, _)), Ok(id)) => (received, id),
+            (_, Err(drop)) => return self.count_drop(drop),
+            (Err(_), Ok(_)) => unreachable!("a datagram that did not route names no session"),
         };
         let entry = self
             .sessions
             .get_mut(&id)
             .expect("the lookup maps only name live sessions");
-        // A packet on the other port than the session's kind is not the session's: a single-hop
-        // session must never take a packet whose TTL was checked only against a minimum.
-        if entry.peer != source
-            || info.destination.is_some_and(|to| to != entry.local)
-            || entry.multihop.is_some() != multihop
-        {
-            entry.counters.drops.address_mismatch += 1;
-            return;
+        let bound = Bound {
+            local: entry.local,
+            peer: entry.peer,
+            multihop: entry.multihop,
+        };
+        match demux::admit_to(&arrival, &bound) {
+            Ok(()) => {}
+            Err(Dropped::AddressMismatch) => {
+                entry.counters.drops.address_mismatch += 1;
+                return;
+            }
+            Err(drop) => return self.count_drop(drop),
         }
-        if let (Some(rule), Some(ttl)) = (entry.multihop, info.hop_limit)
-            && ttl < rule.min_ttl
-        {
-            self.counters.drops.wrong_ttl += 1;
-            return;
-        }
+        let Received { packet, wire } = received;
         match entry.session.on_packet(now, &packet, wire) {
             Ok(actions) => {
                 entry.counters.packets_received += 1;
@@ -1213,6 +1159,21 @@ impl Driver {
             Err(ReceiveError::Invalid(_) | ReceiveError::YourDiscriminatorMismatch { .. }) => {
                 entry.counters.drops.rejected += 1;
             }
+        }
+    }
+
+    /// Counts a datagram dropped before a session took it.
+    fn count_drop(&mut self, drop: Dropped) {
+        let drops = &mut self.counters.drops;
+        match drop {
+            Dropped::Malformed => drops.malformed += 1,
+            Dropped::WrongTtl => drops.wrong_ttl += 1,
+            Dropped::UnknownDiscriminator => drops.unknown_discriminator += 1,
+            Dropped::UnknownPeer => drops.unknown_peer += 1,
+            Dropped::AcceptAuthentication => drops.accept_authentication += 1,
+            Dropped::AcceptLimit => drops.accept_limit += 1,
+            // Counted by the session it named, which is known only where it is found.
+            Dropped::AddressMismatch => {}
         }
     }
 

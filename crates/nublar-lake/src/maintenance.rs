@@ -124,11 +124,8 @@ pub fn table_dirs(
 
 /// The table in `dir` at its latest version; `None` when it was never created.
 pub(crate) async fn open(dir: &Path) -> Result<Option<DeltaTable>, LakeError> {
-    let error = delta_error(dir);
     let store = crate::store::DurableLocalStore::shared();
-    let table = crate::table::open_delta(dir, store, true)
-        .await
-        .map_err(&error)?;
+    let table = crate::table::open_delta(dir, store, true).await?;
     Ok(table.version().is_some().then_some(table))
 }
 

@@ -54,24 +54,70 @@ fn delta_field(name: &str, kind: ColumnKind) -> StructField {
         .with_metadata([(KIND_KEY, kind.stored_name()), (NAME_KEY, name)])
 }
 
+/// Where a table says which version of nublar's layout it has (its own columns, how names
+/// are encoded, the field metadata keys): a key of the Delta table's configuration. Tables
+/// made before the key existed have layout 1 and no key.
+pub const LAYOUT_KEY: &str = "nublar.layout";
+/// The layout this nublar writes and reads.
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// The Delta table in `dir` through `store`, which every write of it then goes through;
-/// loaded to its latest version when `load` (a table that does not exist yet stays empty).
+/// loaded to its latest version when `load` (a table that does not exist yet stays empty),
+/// and refused when its layout is not one this nublar reads.
 pub(crate) async fn open_delta(
     dir: &Path,
     store: Arc<DurableLocalStore>,
     load: bool,
-) -> Result<DeltaTable, DeltaTableError> {
-    let url = deltalake::ensure_table_uri(dir.to_string_lossy())?;
-    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())?
+) -> Result<DeltaTable, LakeError> {
+    let error = |e| table_error(dir, e);
+    let url = deltalake::ensure_table_uri(dir.to_string_lossy()).map_err(error)?;
+    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())
+        .map_err(error)?
         .with_storage_backend(store, url)
-        .build()?;
+        .build()
+        .map_err(error)?;
     if load {
         match table.load().await {
             Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
-            Err(error) => return Err(error),
+            Err(e) => return Err(error(e)),
         }
     }
+    if table.version().is_some() {
+        let snapshot = table.snapshot().map_err(error)?;
+        check_layout(dir, snapshot.metadata().configuration().get(LAYOUT_KEY))?;
+    }
     Ok(table)
+}
+
+/// Refuses a table whose layout this nublar does not read, naming both versions.
+pub(crate) fn check_layout(dir: &Path, layout: Option<&String>) -> Result<(), LakeError> {
+    let found = match layout {
+        None => return Ok(()),
+        Some(text) => text.parse::<u32>().ok(),
+    };
+    match found {
+        Some(LAYOUT_VERSION) => Ok(()),
+        Some(version) => Err(LakeError::Delta {
+            table: dir.display().to_string(),
+            message: format!(
+                "its nublar layout is version {version}, written by {} nublar; this one reads \
+                 version {LAYOUT_VERSION}",
+                if version > LAYOUT_VERSION {
+                    "a newer"
+                } else {
+                    "an older"
+                }
+            ),
+        }),
+        None => Err(LakeError::Delta {
+            table: dir.display().to_string(),
+            message: format!(
+                "its {LAYOUT_KEY} is {:?}, not a version this nublar knows (it reads \
+                 {LAYOUT_VERSION})",
+                layout.map(String::as_str).unwrap_or_default()
+            ),
+        }),
+    }
 }
 
 fn table_error(dir: &Path, error: DeltaTableError) -> LakeError {
@@ -102,9 +148,7 @@ impl Table {
         // Delta kernel logs that failure as an error where nothing is wrong.
         let has_log = std::fs::read_dir(dir.join("_delta_log"))
             .is_ok_and(|mut entries| entries.next().is_some());
-        let mut table = open_delta(dir, store.clone(), has_log)
-            .await
-            .map_err(error)?;
+        let mut table = open_delta(dir, store.clone(), has_log).await?;
         if table.version().is_none() {
             let mut stats_columns: Vec<String> = own_columns()
                 .iter()
@@ -122,6 +166,10 @@ impl Table {
                     TableProperty::DataSkippingStatsColumns,
                     Some(stats_columns.join(",")),
                 )
+                // A key of nublar's own, which delta-rs refuses unless told that keys
+                // outside Delta's may be kept.
+                .with_raise_if_key_not_exists(false)
+                .with_configuration([(LAYOUT_KEY, Some(LAYOUT_VERSION.to_string()))])
                 .with_save_mode(SaveMode::Ignore)
                 .await
                 .map_err(error)?;

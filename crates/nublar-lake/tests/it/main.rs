@@ -3,6 +3,8 @@
 
 mod lab;
 
+mod layout;
+
 mod maintenance;
 mod query;
 mod sink;
