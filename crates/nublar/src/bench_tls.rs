@@ -83,7 +83,7 @@ pub fn run(args: TlsBenchArgs) -> anyhow::Result<()> {
         ],
     )?;
     let announced: serde_json::Value = serde_json::from_slice(&std::fs::read(
-        node_dir.join(crate::log_command::NODE_FILE),
+        node_dir.join(nublar_node::log_command::NODE_FILE),
     )?)?;
     let http: SocketAddr = announced["http"]
         .as_str()

@@ -15,7 +15,7 @@ use nublar_lake::query::{Format, QueryConfig};
 use nublar_sim::Park;
 
 use crate::node_child::ChildGuard;
-use crate::query_command::DEFAULT_DB;
+use nublar_node::query_command::DEFAULT_DB;
 
 /// `nublar demo`
 #[derive(clap::Args)]

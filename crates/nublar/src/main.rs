@@ -10,19 +10,16 @@ mod bench_memory;
 mod bench_processors;
 mod bench_query;
 mod bench_tls;
-mod bfd_command;
-mod config;
 mod demo;
 mod failover;
-mod lake_command;
-mod log_command;
+mod latest_command;
 mod machine;
 mod node_child;
-mod processors;
-mod query_command;
+mod replay_command;
 mod serve;
 mod sim;
-mod webhooks;
+
+use nublar_node::{bfd_command, lake_command, log_command, query_command};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,9 +64,9 @@ enum Command {
     Lake(lake_command::LakeArgs),
     /// Recompute a processor's outputs from a point of the log and print them (live outputs
     /// are never touched); through the node when one runs on the directory.
-    Replay(processors::ReplayArgs),
+    Replay(replay_command::ReplayArgs),
     /// The latest reading of every field of the series that match, from the running node.
-    Latest(processors::LatestArgs),
+    Latest(latest_command::LatestArgs),
     /// BFD sessions of the node running on the data directory (`nublar bfd status`).
     Bfd(bfd_command::BfdArgs),
     /// Benchmark programs; each prints its figures and the machine they ran on.
@@ -115,8 +112,8 @@ fn main() -> ExitCode {
         Command::Query(args) => query_command::run(&cli.data, args),
         Command::Lake(args) => lake_command::run(&cli.data, args),
         Command::Bfd(args) => bfd_command::run(&cli.data, args),
-        Command::Latest(args) => processors::run_latest(&cli.data, args),
-        Command::Replay(args) => processors::run_replay_command(&cli.data, args),
+        Command::Latest(args) => latest_command::run_latest(&cli.data, args),
+        Command::Replay(args) => replay_command::run_replay_command(&cli.data, args),
         Command::Bench(command) => bench::run(command),
     };
     match result {

@@ -70,7 +70,8 @@ pub fn start_node(dir: &Path, extra: &[&str]) -> anyhow::Result<(ChildGuard, Soc
 
 /// The node's `/metrics` page.
 pub fn metrics_text(http: SocketAddr) -> anyhow::Result<String> {
-    let (status, text) = crate::log_command::http_request(http, "GET", "/metrics", None, b"")?;
+    let (status, text) =
+        nublar_node::log_command::http_request(http, "GET", "/metrics", None, b"")?;
     anyhow::ensure!(status == 200, "the node's /metrics answered {status}");
     Ok(text)
 }

@@ -553,7 +553,7 @@ pub fn prometheus(shared: &RunnerShared) -> String {
 pub const LATEST_PATH: &str = "/api/v1/latest";
 /// Series in one answer at most, unless `limit` asks for fewer.
 const LATEST_LIMIT_MAX: usize = 100_000;
-const LATEST_LIMIT_DEFAULT: usize = 10_000;
+pub const LATEST_LIMIT_DEFAULT: usize = 10_000;
 
 #[derive(Clone)]
 pub struct LatestService {
@@ -649,148 +649,10 @@ async fn latest(
     axum::Json(serde_json::json!({ "series": series, "truncated": truncated })).into_response()
 }
 
-/// `nublar latest [--measurement M] [--tag KEY=VALUE]…`
-#[derive(clap::Args)]
-pub struct LatestArgs {
-    /// The database to look in.
-    #[arg(long, default_value = crate::query_command::DEFAULT_DB)]
-    db: String,
-    /// Only series of this measurement.
-    #[arg(long)]
-    measurement: Option<String>,
-    /// Only series with this tag value (repeatable: all must match).
-    #[arg(long = "tag", value_name = "KEY=VALUE")]
-    tags: Vec<String>,
-    /// Series shown at most.
-    #[arg(long, default_value_t = LATEST_LIMIT_DEFAULT)]
-    limit: usize,
-    /// table, or json (the node's answer as it is).
-    #[arg(long, default_value = "table")]
-    format: String,
-    /// Read token (`Authorization: Token …`).
-    #[arg(long, env = "NUBLAR_TOKEN")]
-    token: Option<String>,
-}
-
-/// Asks the node running on `data` for the latest readings and prints them.
-pub fn run_latest(data: &Path, args: LatestArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        matches!(args.format.as_str(), "table" | "json"),
-        "--format must be table or json"
-    );
-    let mut query = vec![("db".to_owned(), args.db.clone())];
-    if let Some(measurement) = &args.measurement {
-        query.push(("measurement".into(), measurement.clone()));
-    }
-    for tag in &args.tags {
-        let (key, value) = tag
-            .split_once('=')
-            .with_context(|| format!("--tag {tag:?} is not KEY=VALUE"))?;
-        anyhow::ensure!(
-            !matches!(key, "db" | "measurement" | "limit"),
-            "--tag {key}: that name is a parameter of the query; it cannot be a tag here"
-        );
-        query.push((key.to_owned(), value.to_owned()));
-    }
-    query.push(("limit".into(), args.limit.to_string()));
-    let path = format!("{LATEST_PATH}?{}", encode_query(&query));
-    let text = crate::log_command::ask_node_with(data, args.token.as_deref(), "GET", &path, b"")?;
-    if args.format == "json" {
-        println!("{}", text.trim());
-        return Ok(());
-    }
-    let answer: serde_json::Value =
-        serde_json::from_str(&text).context("reading the node's answer")?;
-    print!("{}", render_latest(&answer));
-    Ok(())
-}
-
-fn encode_query(pairs: &[(String, String)]) -> String {
-    let encode = |text: &str| {
-        let mut out = String::new();
-        for byte in text.bytes() {
-            if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-                out.push(byte as char);
-            } else {
-                let _ = write!(out, "%{byte:02X}");
-            }
-        }
-        out
-    };
-    pairs
-        .iter()
-        .map(|(key, value)| format!("{}={}", encode(key), encode(value)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// One line per field: measurement, series, field, value, and the reading's time (UTC).
-fn render_latest(answer: &serde_json::Value) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<12} {:<48} {:<14} {:>20} TIME",
-        "MEASUREMENT", "SERIES", "FIELD", "VALUE"
-    );
-    let mut lines = 0;
-    for series in answer["series"].as_array().into_iter().flatten() {
-        for (field, reading) in series["fields"].as_object().into_iter().flatten() {
-            lines += 1;
-            let time = reading["time_ns"].as_i64().map_or("-".into(), utc_text);
-            let _ = writeln!(
-                out,
-                "{:<12} {:<48} {:<14} {:>20} {}",
-                series["measurement"].as_str().unwrap_or(""),
-                series["series"].as_str().unwrap_or(""),
-                field,
-                reading["value"].to_string(),
-                time
-            );
-        }
-    }
-    if answer["truncated"] == true {
-        let _ = writeln!(
-            out,
-            "(more series match: ask with a larger --limit or a narrower query)"
-        );
-    } else if lines == 0 {
-        let _ = writeln!(out, "(no series match)");
-    }
-    out
-}
-
 /// Where a node runs `nublar replay` (admin scope).
 pub const REPLAY_PATH: &str = "/api/v1/admin/replay";
 /// Items one replay prints at most.
 const REPLAY_ITEMS_MAX: u64 = 1_000_000;
-
-/// `nublar replay --processor NAME (--from-offset [P:]N… | --from-time T)`
-#[derive(clap::Args)]
-pub struct ReplayArgs {
-    /// duplicates, windows or alerts.
-    #[arg(long)]
-    processor: String,
-    /// Start at offset N of partition P (repeatable); a bare N starts every partition there.
-    #[arg(
-        long = "from-offset",
-        value_name = "[P:]N",
-        conflicts_with = "from_time"
-    )]
-    from_offsets: Vec<String>,
-    /// Start at the first record each partition took at or after this time: RFC 3339 in UTC
-    /// (2026-11-26T17:00:00Z) or seconds since the epoch.
-    #[arg(long)]
-    from_time: Option<String>,
-    /// Items printed at most.
-    #[arg(long, default_value_t = 100_000)]
-    limit: u64,
-    /// The node's TOML configuration, for the rules when no node runs on the directory.
-    #[arg(long, env = "NUBLAR_CONFIG")]
-    config: Option<PathBuf>,
-    /// Admin token, for asking the running node.
-    #[arg(long, env = "NUBLAR_TOKEN")]
-    token: Option<String>,
-}
 
 /// What the node is asked to replay.
 #[derive(Clone, Debug, serde::Serialize, Deserialize)]
@@ -803,7 +665,7 @@ pub struct ReplayRequest {
 }
 
 /// The outputs a processor's replay shows.
-fn replayed_outputs(processor: &str) -> anyhow::Result<&'static [Output]> {
+pub fn replayed_outputs(processor: &str) -> anyhow::Result<&'static [Output]> {
     Ok(match processor {
         "duplicates" => &[Output::Deduplicated],
         "windows" => &[Output::Aggregates, Output::Late],
@@ -894,114 +756,6 @@ pub async fn run_replay(
     Ok(out)
 }
 
-/// Asks the node on `data` to replay, or replays from the log itself when no node runs there.
-pub fn run_replay_command(data: &Path, args: ReplayArgs) -> anyhow::Result<()> {
-    replayed_outputs(&args.processor)?;
-    let from_offsets = args
-        .from_offsets
-        .iter()
-        .map(|text| parse_from_offset(text))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let from_time_ms = args.from_time.as_deref().map(parse_time_ms).transpose()?;
-    anyhow::ensure!(
-        from_offsets.is_empty() != from_time_ms.is_none(),
-        "give either --from-offset (repeatable) or --from-time"
-    );
-    let request = ReplayRequest {
-        processor: args.processor.clone(),
-        from_offsets,
-        from_time_ms,
-        limit: args.limit,
-    };
-    let text = if crate::log_command::node_owns(data) {
-        crate::log_command::post_to_node(
-            data,
-            args.token.as_deref(),
-            REPLAY_PATH,
-            &serde_json::to_vec(&request)?,
-        )?
-    } else {
-        let node = crate::config::NodeConfig::load(args.config.as_deref())?;
-        let runner = node
-            .processors
-            .runner(data)?
-            .context("the processors are off in this configuration")?;
-        let log = nublar_log::Log::open_with(
-            data.join("log"),
-            nublar_log::OpenOptions {
-                read_only: true,
-                background: false,
-                ..nublar_log::OpenOptions::default()
-            },
-        )
-        .with_context(|| format!("opening the log in {}", data.join("log").display()))?;
-        let bus = nublar_bus_embedded::EmbeddedBus::new(log).into_shared();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(run_replay(&bus, &runner.pipeline, &request))?
-    };
-    print!("{text}");
-    Ok(())
-}
-
-/// `P:N` or `N`.
-fn parse_from_offset(text: &str) -> anyhow::Result<(Option<u32>, i64)> {
-    let bad = || format!("--from-offset {text:?}: expected PARTITION:OFFSET or OFFSET");
-    match text.split_once(':') {
-        Some((partition, offset)) => Ok((
-            Some(partition.parse().with_context(bad)?),
-            offset.parse().with_context(bad)?,
-        )),
-        None => Ok((None, text.parse().with_context(bad)?)),
-    }
-}
-
-/// RFC 3339 in UTC (`2026-11-26T17:00:00Z`, fractions of a second allowed) or seconds since
-/// the epoch, to milliseconds since the epoch.
-fn parse_time_ms(text: &str) -> anyhow::Result<i64> {
-    if let Ok(seconds) = text.parse::<f64>() {
-        anyhow::ensure!(
-            seconds.is_finite() && seconds >= 0.0,
-            "--from-time {text:?} is negative"
-        );
-        return Ok((seconds * 1000.0) as i64);
-    }
-    let bad = || {
-        anyhow::anyhow!(
-            "--from-time {text:?}: expected 2026-11-26T17:00:00Z or seconds since the epoch"
-        )
-    };
-    let rest = text.strip_suffix('Z').ok_or_else(bad)?;
-    let (date, time) = rest.split_once('T').ok_or_else(bad)?;
-    let numbers = |part: &str, sep: char| -> Option<Vec<f64>> {
-        part.split(sep).map(|n| n.parse::<f64>().ok()).collect()
-    };
-    let (Some(date), Some(time)) = (numbers(date, '-'), numbers(time, ':')) else {
-        return Err(bad());
-    };
-    let (&[year, month, day], &[hour, minute, second]) = (date.as_slice(), time.as_slice()) else {
-        return Err(bad());
-    };
-    anyhow::ensure!(
-        (1.0..=12.0).contains(&month)
-            && (1.0..=31.0).contains(&day)
-            && hour < 24.0
-            && minute < 60.0
-            && second < 61.0,
-        "--from-time {text:?} is not a time"
-    );
-    // Days from 1970-01-01 to the civil date, counting in 400-year eras from 0000-03-01.
-    let (year, month, day) = (year as i64, month as i64, day as i64);
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    Ok(days * 86_400_000 + ((hour * 3600.0 + minute * 60.0 + second) * 1000.0) as i64)
-}
-
 #[derive(Clone)]
 pub struct ReplayService {
     pub gateway: Gateway,
@@ -1022,7 +776,7 @@ async fn replay_route(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refused) = crate::serve::check_admin(&service.gateway, peer, &headers) {
+    if let Err(refused) = crate::operator::check_admin(&service.gateway, peer, &headers) {
         return refused.into_response();
     }
     let request: ReplayRequest = match serde_json::from_slice(&body) {
@@ -1038,70 +792,9 @@ async fn replay_route(
     }
 }
 
-/// `2026-11-26T17:23:20.123Z` for nanoseconds since the epoch.
-fn utc_text(ns: i64) -> String {
-    let seconds = ns.div_euclid(1_000_000_000);
-    let millis = ns.rem_euclid(1_000_000_000) / 1_000_000;
-    let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    // Days since 1970-01-01 to a civil date, counting in 400-year eras from 0000-03-01.
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replay_starts_are_read_as_operators_write_them() {
-        assert_eq!(parse_from_offset("3:120").unwrap(), (Some(3), 120));
-        assert_eq!(parse_from_offset("120").unwrap(), (None, 120));
-        assert!(parse_from_offset("x:1").is_err());
-        assert_eq!(
-            parse_time_ms("2026-11-26T17:23:20.123Z").unwrap(),
-            1_795_713_800_123
-        );
-        assert_eq!(
-            parse_time_ms("2000-02-29T00:00:00Z").unwrap(),
-            951_782_400_000
-        );
-        assert_eq!(parse_time_ms("1795713800").unwrap(), 1_795_713_800_000);
-        for bad in ["2026-13-01T00:00:00Z", "2026-11-26 17:00:00", "yesterday"] {
-            assert!(parse_time_ms(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn times_are_written_as_utc() {
-        assert_eq!(utc_text(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            utc_text(1_795_713_800_123_000_000),
-            "2026-11-26T17:23:20.123Z"
-        );
-        assert_eq!(
-            utc_text(951_782_400_000_000_000),
-            "2000-02-29T00:00:00.000Z"
-        );
-        assert_eq!(utc_text(-1_000_000), "1969-12-31T23:59:59.999Z");
-    }
 
     #[test]
     fn rules_name_what_is_wrong_with_them() {

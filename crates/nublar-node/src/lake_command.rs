@@ -327,7 +327,7 @@ async fn operator_command(
 ) -> axum::response::Response {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    let command = match crate::serve::operator_arguments::<RemoteLakeCommand>(
+    let command = match crate::operator::operator_arguments::<RemoteLakeCommand>(
         &operator.gateway,
         peer,
         &headers,
