@@ -399,7 +399,7 @@ pub fn ask_node_with(
     Ok(text)
 }
 
-/// One HTTP/1.1 request to a node on a fresh connection: the status and the body.
+/// One request to a node: the status and the body, through [`nublar_client`].
 pub fn http_request(
     address: std::net::SocketAddr,
     method: &str,
@@ -407,29 +407,17 @@ pub fn http_request(
     token: Option<&str>,
     body: &[u8],
 ) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(token) = token {
-        head.push_str(&format!("Authorization: Token {token}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply)?;
-    let (head, text) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|status| status.parse().ok())
-        .unwrap_or(0);
-    Ok((status, text.to_owned()))
+    let client = nublar_client::Client::new(nublar_client::ClientOptions::default())?;
+    let method = hyper::Method::from_bytes(method.as_bytes())
+        .with_context(|| format!("{method:?} is no HTTP method"))?;
+    let url = format!("http://{address}{path}");
+    let request = client
+        .request(method, &url)
+        .token(token)
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    let answer = nublar_client::Client::block_on(request.send())?;
+    Ok((answer.status.as_u16(), answer.text()))
 }
 
 /// Where a node answers `nublar log` commands (admin scope).

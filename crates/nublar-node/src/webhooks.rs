@@ -7,17 +7,15 @@
 //! `message`). The group commits after each read's alerts were delivered or dead-lettered, so a
 //! node that stops in between sends those alerts again when it starts: delivery is at least
 //! once, and each request carries `Nublar-Alert-Id` (`_alerts/<partition>/<offset>`, the same
-//! on every try and after a restart) for the receiver to drop a repeat. Only `http://` URLs: a
-//! park's receivers sit on its own network, or behind a proxy that adds TLS.
+//! on every try and after a restart) for the receiver to drop a repeat. `http://` and `https://`
+//! URLs, through [`nublar_client`]; an HTTPS receiver with a certificate of the park's own CA
+//! is trusted through `ca_file`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use nublar_bus::{BatchBuilder, Bus, Compression, Start};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -29,12 +27,14 @@ pub const GROUP: &str = "webhooks";
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhooksSection {
-    /// `http://host[:port]/path` of each receiver; none: no webhooks.
+    /// `http://host[:port]/path` or `https://…` of each receiver; none: no webhooks.
     pub urls: Vec<String>,
     pub tries: u32,
     pub backoff_first_ms: u64,
     pub backoff_max_ms: u64,
     pub timeout_ms: u64,
+    /// PEM certificates to trust for `https://` receivers instead of the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WebhooksSection {
@@ -45,6 +45,7 @@ impl Default for WebhooksSection {
             backoff_first_ms: 500,
             backoff_max_ms: 10_000,
             timeout_ms: 5_000,
+            ca_file: None,
         }
     }
 }
@@ -60,22 +61,27 @@ pub struct Target {
 
 impl Target {
     pub fn parse(url: &str) -> anyhow::Result<Target> {
-        let rest = url.strip_prefix("http://").with_context(|| {
-            format!("webhook {url:?}: only http:// URLs (put a proxy in front for TLS)")
-        })?;
+        let (rest, default_port) = match (url.strip_prefix("http://"), url.strip_prefix("https://"))
+        {
+            (Some(rest), _) => (rest, 80),
+            (_, Some(rest)) => (rest, 443),
+            _ => anyhow::bail!("webhook {url:?}: expected an http:// or https:// URL"),
+        };
         let (authority, path) = match rest.find('/') {
             Some(index) => (&rest[..index], &rest[index..]),
             None => (rest, "/"),
         };
         let (host, port) = match authority.rsplit_once(':') {
             // An IPv6 address in brackets, with or without a port.
-            _ if authority.starts_with('[') && authority.ends_with(']') => (authority, 80),
+            _ if authority.starts_with('[') && authority.ends_with(']') => {
+                (authority, default_port)
+            }
             Some((host, port)) => (
                 host,
                 port.parse()
                     .with_context(|| format!("webhook {url:?}: bad port {port:?}"))?,
             ),
-            None => (authority, 80),
+            None => (authority, default_port),
         };
         anyhow::ensure!(!host.is_empty(), "webhook {url:?}: no host");
         Ok(Target {
@@ -98,6 +104,8 @@ pub struct Webhooks {
     pub backoff_first: Duration,
     pub backoff_max: Duration,
     pub timeout: Duration,
+    /// Sends every delivery, keeping connections to the receivers.
+    pub client: nublar_client::Client,
 }
 
 impl WebhooksSection {
@@ -124,6 +132,14 @@ impl WebhooksSection {
             backoff_first: Duration::from_millis(self.backoff_first_ms),
             backoff_max: Duration::from_millis(self.backoff_max_ms),
             timeout: Duration::from_millis(self.timeout_ms),
+            client: nublar_client::Client::new(nublar_client::ClientOptions {
+                timeout: Duration::from_millis(self.timeout_ms),
+                ca_file: self.ca_file.clone(),
+                // A receiver's answer is read to its end and not kept.
+                body_bytes_max: 1 << 20,
+                ..nublar_client::ClientOptions::default()
+            })
+            .context("processors.alerts.webhooks")?,
         }))
     }
 }
@@ -266,7 +282,9 @@ async fn deliver(
     let mut backoff = webhooks.backoff_first;
     let mut last_error = String::new();
     for attempt in 1..=webhooks.tries {
-        match tokio::time::timeout(webhooks.timeout, post(target, id, alert)).await {
+        match tokio::time::timeout(webhooks.timeout, post(&webhooks.client, target, id, alert))
+            .await
+        {
             Ok(Ok(())) => {
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
@@ -316,36 +334,24 @@ async fn deliver(
     Ok(())
 }
 
-async fn post(target: &Target, id: &str, alert: &[u8]) -> Result<(), String> {
-    let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+async fn post(
+    client: &nublar_client::Client,
+    target: &Target,
+    id: &str,
+    alert: &[u8],
+) -> Result<(), String> {
+    let answer = client
+        .post(&target.url)
+        .header("content-type", "application/json")
+        .header("nublar-alert-id", id)
+        .body(alert.to_vec())
+        .send()
         .await
-        .map_err(|error| format!("connecting: {error}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|error| format!("HTTP: {error}"))?;
-    tokio::spawn(connection);
-    let authority = if target.host.contains(':') {
-        format!("[{}]:{}", target.host, target.port)
-    } else {
-        format!("{}:{}", target.host, target.port)
-    };
-    let request = hyper::Request::post(target.path.as_str())
-        .header(hyper::header::HOST, authority)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header("Nublar-Alert-Id", id)
-        .body(Full::new(Bytes::copy_from_slice(alert)))
         .map_err(|error| error.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|error| format!("sending: {error}"))?;
-    let status = response.status();
-    // Read the answer to its end, so the receiver is not cut off mid-reply.
-    let _ = response.into_body().collect().await;
-    if status.is_success() {
+    if answer.status.is_success() {
         Ok(())
     } else {
-        Err(format!("answered {status}"))
+        Err(format!("answered {}", answer.status))
     }
 }
 
@@ -367,7 +373,9 @@ mod tests {
         );
         let target = Target::parse("http://alerts.park").unwrap();
         assert_eq!((target.host.as_str(), target.port), ("alerts.park", 80));
-        assert!(Target::parse("https://alerts.park").is_err());
+        let target = Target::parse("https://alerts.park/hooks").unwrap();
+        assert_eq!((target.host.as_str(), target.port), ("alerts.park", 443));
+        assert!(Target::parse("ftp://alerts.park").is_err());
         assert!(Target::parse("http://:80/").is_err());
         assert!(Target::parse("http://host:port/").is_err());
     }
