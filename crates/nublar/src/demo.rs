@@ -14,7 +14,7 @@ use anyhow::Context;
 use nublar_lake::query::{Format, QueryConfig};
 use nublar_sim::Park;
 
-use crate::node_child::ChildGuard;
+use nublar_bench::node_child::ChildGuard;
 use nublar_node::query_command::DEFAULT_DB;
 
 /// `nublar demo`
@@ -84,7 +84,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         park.sensor_count()
     );
 
-    let (mut node, http) = crate::node_child::start_node(&dir, &[])?;
+    let (mut node, http) = nublar_bench::node_child::start_node(&dir, &[])?;
     println!(
         "a node listens on http://{http} (its log: {})",
         dir.join("node.log").display()
@@ -196,8 +196,8 @@ struct Counts {
 
 impl Counts {
     fn read(http: SocketAddr) -> anyhow::Result<Counts> {
-        let text = crate::node_child::metrics_text(http)?;
-        let sample = |series| crate::node_child::sample(&text, series);
+        let text = nublar_bench::node_child::metrics_text(http)?;
+        let sample = |series| nublar_bench::node_child::sample(&text, series);
         Ok(Counts {
             accepted: sample("nublar_ingest_accepted_lines_total"),
             rejected: sample("nublar_ingest_rejected_lines_total"),

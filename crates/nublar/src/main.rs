@@ -1,20 +1,8 @@
 //! The `nublar` command: one binary for every role.
 
-mod bench;
-mod bench_alerts;
-mod bench_bfd;
-mod bench_failover;
-mod bench_freshness;
-mod bench_lake;
-mod bench_memory;
-mod bench_processors;
-mod bench_query;
-mod bench_tls;
 mod demo;
 mod failover;
 mod latest_command;
-mod machine;
-mod node_child;
 mod replay_command;
 mod serve;
 mod sim;
@@ -71,7 +59,7 @@ enum Command {
     Bfd(bfd_command::BfdArgs),
     /// Benchmark programs; each prints its figures and the machine they ran on.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(nublar_bench::BenchCommand),
 }
 
 /// A request's body and batch are large and short-lived. glibc's malloc by default raises
@@ -114,7 +102,7 @@ fn main() -> ExitCode {
         Command::Bfd(args) => bfd_command::run(&cli.data, args),
         Command::Latest(args) => latest_command::run_latest(&cli.data, args),
         Command::Replay(args) => replay_command::run_replay_command(&cli.data, args),
-        Command::Bench(command) => bench::run(command),
+        Command::Bench(command) => nublar_bench::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
