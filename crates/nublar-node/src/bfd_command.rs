@@ -10,12 +10,11 @@ use nublar_bfd::{Diagnostic, SessionStatus, SpeakerCounters, State};
 /// Where a node answers `nublar bfd status` (admin scope).
 pub const OPERATOR_PATH: &str = "/api/v1/admin/bfd";
 
-/// `nublar bfd [--token T] …`
+/// `nublar bfd [--node URL] [--token T] [--ca-file PEM] …`
 #[derive(clap::Args)]
 pub struct BfdArgs {
-    /// Admin token, for asking the running node (`Authorization: Token …`).
-    #[arg(long, env = "NUBLAR_TOKEN", global = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    target: crate::log_command::NodeTarget,
     #[command(subcommand)]
     command: BfdCommand,
 }
@@ -30,8 +29,7 @@ pub enum BfdCommand {
 pub fn run(data: &Path, args: BfdArgs) -> anyhow::Result<()> {
     match args.command {
         BfdCommand::Status => {
-            let text =
-                crate::log_command::post_to_node(data, args.token.as_deref(), OPERATOR_PATH, b"")?;
+            let text = crate::log_command::post_to_node(data, &args.target, OPERATOR_PATH, b"")?;
             print!("{text}");
         }
     }

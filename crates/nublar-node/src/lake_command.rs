@@ -18,12 +18,11 @@ use crate::config::Maintenance;
 /// Where a node answers `nublar lake …` commands (admin scope).
 pub const OPERATOR_PATH: &str = "/api/v1/admin/lake";
 
-/// `nublar lake [--token T] …`
+/// `nublar lake [--node URL] [--token T] [--ca-file PEM] …`
 #[derive(clap::Args)]
 pub struct LakeArgs {
-    /// Admin token, for asking a running node (`Authorization: Token …`).
-    #[arg(long, env = "NUBLAR_TOKEN", global = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    target: crate::log_command::NodeTarget,
     #[command(subcommand)]
     command: LakeCommand,
 }
@@ -136,10 +135,9 @@ impl LakeCommand {
 
 pub fn run(data: &Path, args: LakeArgs) -> anyhow::Result<()> {
     let changes = !matches!(args.command, LakeCommand::Tables { .. });
-    if changes && crate::log_command::node_owns(data) {
+    if args.target.remote() || (changes && crate::log_command::node_owns(data)) {
         let body = serde_json::to_vec(&args.command.to_args())?;
-        let text =
-            crate::log_command::post_to_node(data, args.token.as_deref(), OPERATOR_PATH, &body)?;
+        let text = crate::log_command::post_to_node(data, &args.target, OPERATOR_PATH, &body)?;
         print!("{text}");
         return Ok(());
     }

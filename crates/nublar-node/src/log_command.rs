@@ -69,14 +69,37 @@ pub enum LogCommand {
     },
 }
 
-/// `nublar log [--token T] …`
+/// `nublar log [--node URL] [--token T] [--ca-file PEM] …`
 #[derive(clap::Args)]
 pub struct LogArgs {
-    /// Admin token, for asking a running node (`Authorization: Token …`).
-    #[arg(long, env = "NUBLAR_TOKEN")]
-    token: Option<String>,
+    #[command(flatten)]
+    target: NodeTarget,
     #[command(subcommand)]
     command: LogCommand,
+}
+
+/// Which node an operator command asks, and how: the node that owns the data directory (its
+/// address is in `node.json`), or with `--node` any node, on this host or not.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct NodeTarget {
+    /// Ask the node at this URL (`http://HOST:PORT`, `https://…`) instead of the one running
+    /// on --data; the command then always goes to the node.
+    #[arg(long, env = "NUBLAR_NODE", value_name = "URL", global = true)]
+    pub node: Option<String>,
+    /// Token for the node (`Authorization: Token …`): the admin scope for operator commands,
+    /// read for `latest`.
+    #[arg(long, env = "NUBLAR_TOKEN", global = true)]
+    pub token: Option<String>,
+    /// PEM certificates to trust for an `https://` --node, instead of the system's roots.
+    #[arg(long, env = "NUBLAR_CA_FILE", value_name = "PEM", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl NodeTarget {
+    /// Whether the command must go to a node named by URL.
+    pub fn remote(&self) -> bool {
+        self.node.is_some()
+    }
 }
 
 /// How the node's operator API parses what a client sends: the same
@@ -102,6 +125,10 @@ pub const NODE_FILE: &str = "node.json";
 pub fn run(data: &Path, args: LogArgs) -> anyhow::Result<()> {
     let dir = data.join("log");
     let command = args.command;
+    if args.target.remote() {
+        print!("{}", ask_node(data, &args.target, &command)?);
+        return Ok(());
+    }
     let reclaim = matches!(
         command,
         LogCommand::Reclaim { .. } | LogCommand::Skip { .. }
@@ -125,7 +152,7 @@ pub fn run(data: &Path, args: LogArgs) -> anyhow::Result<()> {
         }
         // A node owns the directory: ask it instead.
         Err(error) if is_locked(&error) && data.join(NODE_FILE).exists() => {
-            print!("{}", ask_node(data, args.token.as_deref(), &command)?);
+            print!("{}", ask_node(data, &args.target, &command)?);
             Ok(())
         }
         Err(error) => Err(error),
@@ -345,58 +372,82 @@ fn is_locked(error: &anyhow::Error) -> bool {
     })
 }
 
-/// Sends the command to the node that owns `data` (its address is in
-/// `node.json`) and returns what it answers.
-fn ask_node(data: &Path, token: Option<&str>, command: &LogCommand) -> anyhow::Result<String> {
+/// Sends the command to the node `target` names and returns what it answers.
+fn ask_node(data: &Path, target: &NodeTarget, command: &LogCommand) -> anyhow::Result<String> {
     let body = serde_json::to_vec(&command.to_args())?;
-    post_to_node(data, token, OPERATOR_PATH, &body)
+    post_to_node(data, target, OPERATOR_PATH, &body)
 }
 
-/// POSTs `body` to `path` on the node that owns `data` (its address is in
-/// `node.json`) and returns the text it answers with 200; any other status
-/// is an error carrying the node's answer. Shared by the operator commands.
+/// POSTs `body` to `path` on the node `target` names (by default the one that owns `data`,
+/// whose address is in `node.json`) and returns the text it answers with 200; any other
+/// status is an error carrying the node's answer. Shared by the operator commands.
 pub fn post_to_node(
     data: &Path,
-    token: Option<&str>,
+    target: &NodeTarget,
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<String> {
-    ask_node_with(data, token, "POST", path, body)
+    ask_node_with(data, target, "POST", path, body)
 }
 
-/// Sends one request with `method` to `path` on the node that owns `data`; as
-/// [`post_to_node`].
+/// Sends one request with `method` to `path` on the node `target` names; as [`post_to_node`].
 pub fn ask_node_with(
     data: &Path,
-    token: Option<&str>,
+    target: &NodeTarget,
     method: &str,
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<String> {
+    let base = match &target.node {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => format!("http://{}", owner_address(data)?),
+    };
+    let url = format!("{base}{path}");
+    let client = nublar_client::Client::new(nublar_client::ClientOptions {
+        ca_file: target.ca_file.clone(),
+        ..nublar_client::ClientOptions::default()
+    })?;
+    let method = hyper::Method::from_bytes(method.as_bytes())
+        .with_context(|| format!("{method:?} is no HTTP method"))?;
+    let request = client
+        .request(method, &url)
+        .token(target.token.as_deref())
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    let answer =
+        nublar_client::Client::block_on(request.send()).with_context(|| match &target.node {
+            Some(_) => format!("asking the node at {base}"),
+            None => format!(
+                "a node owns {} but does not answer on {base}",
+                data.display()
+            ),
+        })?;
+    if answer.status != hyper::StatusCode::OK {
+        anyhow::bail!(
+            "the node at {base} answered {}: {}",
+            answer.status.as_u16(),
+            answer.text().trim()
+        );
+    }
+    Ok(answer.text())
+}
+
+/// Where the node that owns `data` said it answers, in `node.json`.
+fn owner_address(data: &Path) -> anyhow::Result<std::net::SocketAddr> {
     let file = data.join(NODE_FILE);
     let text = std::fs::read_to_string(&file).with_context(|| {
         format!(
-            "reading {} (is a node running with --data {}?)",
+            "reading {} (is a node running with --data {}? or name one with --node URL)",
             file.display(),
             data.display()
         )
     })?;
     let node: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("reading {}", file.display()))?;
-    let address: std::net::SocketAddr = node["http"]
+    node["http"]
         .as_str()
         .and_then(|text| text.parse().ok())
-        .with_context(|| format!("{} names no HTTP address", file.display()))?;
-    let (status, text) = http_request(address, method, path, token, body).with_context(|| {
-        format!(
-            "a node owns {} but does not answer on {address}",
-            data.display()
-        )
-    })?;
-    if status != 200 {
-        anyhow::bail!("the node at {address} answered {status}: {}", text.trim());
-    }
-    Ok(text)
+        .with_context(|| format!("{} names no HTTP address", file.display()))
 }
 
 /// One request to a node: the status and the body, through [`nublar_client`].

@@ -25,9 +25,8 @@ pub struct LatestArgs {
     /// table, or json (the node's answer as it is).
     #[arg(long, default_value = "table")]
     format: String,
-    /// Read token (`Authorization: Token …`).
-    #[arg(long, env = "NUBLAR_TOKEN")]
-    token: Option<String>,
+    #[command(flatten)]
+    target: nublar_node::log_command::NodeTarget,
 }
 
 /// Asks the node running on `data` for the latest readings and prints them.
@@ -52,8 +51,7 @@ pub fn run_latest(data: &Path, args: LatestArgs) -> anyhow::Result<()> {
     }
     query.push(("limit".into(), args.limit.to_string()));
     let path = format!("{LATEST_PATH}?{}", encode_query(&query));
-    let text =
-        nublar_node::log_command::ask_node_with(data, args.token.as_deref(), "GET", &path, b"")?;
+    let text = nublar_node::log_command::ask_node_with(data, &args.target, "GET", &path, b"")?;
     if args.format == "json" {
         println!("{}", text.trim());
         return Ok(());

@@ -29,9 +29,8 @@ pub struct ReplayArgs {
     /// The node's TOML configuration, for the rules when no node runs on the directory.
     #[arg(long, env = "NUBLAR_CONFIG")]
     config: Option<PathBuf>,
-    /// Admin token, for asking the running node.
-    #[arg(long, env = "NUBLAR_TOKEN")]
-    token: Option<String>,
+    #[command(flatten)]
+    target: nublar_node::log_command::NodeTarget,
 }
 
 /// Asks the node on `data` to replay, or replays from the log itself when no node runs there.
@@ -53,10 +52,10 @@ pub fn run_replay_command(data: &Path, args: ReplayArgs) -> anyhow::Result<()> {
         from_time_ms,
         limit: args.limit,
     };
-    let text = if nublar_node::log_command::node_owns(data) {
+    let text = if args.target.remote() || nublar_node::log_command::node_owns(data) {
         nublar_node::log_command::post_to_node(
             data,
-            args.token.as_deref(),
+            &args.target,
             REPLAY_PATH,
             &serde_json::to_vec(&request)?,
         )?

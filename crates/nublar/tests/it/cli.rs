@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::common;
+
 use nublar_log::{BatchBuilder, Compression, Log, OpenOptions, TopicConfig};
 
 /// A child forked while a test here has a log open in-process holds a copy of that log's lock
@@ -679,4 +681,81 @@ fn the_processors_benchmark_runs_every_processor_and_cleans_up() {
         0,
         "benchmark data deleted"
     );
+}
+
+/// A certificate for 127.0.0.1 as PEM files in `dir`: the certificate (also the CA file a
+/// client trusts) and its key.
+fn loopback_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.join("node.pem"), dir.join("node.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+#[test]
+fn operator_commands_reach_a_node_by_url_over_https_with_a_ca_file_and_a_token() {
+    let node_data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = loopback_certificate(files.path());
+    let config = format!(
+        "[http]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+         [[access.tokens]]\nname = \"ops\"\nsecret = \"ops-secret\"\nscopes = [\"admin\", \"read:park\"]\n",
+        cert.display(),
+        key.display()
+    );
+    let node = common::start_node(node_data.path(), &config, "127.0.0.1:0");
+    let url = format!("https://127.0.0.1:{}", node.http.port());
+    // Another directory: the command has no node.json to go by, only --node.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let ask = |args: &[&str]| common::nublar(elsewhere.path().to_str().unwrap(), args);
+    let ca = cert.to_str().unwrap();
+
+    let topics = ask(&[
+        "log",
+        "topics",
+        "--node",
+        &url,
+        "--ca-file",
+        ca,
+        "--token",
+        "ops-secret",
+    ]);
+    assert!(
+        topics.status.success(),
+        "{}",
+        String::from_utf8_lossy(&topics.stderr)
+    );
+    assert!(String::from_utf8_lossy(&topics.stdout).contains("telemetry"));
+    let tables = ask(&[
+        "lake",
+        "--node",
+        &url,
+        "--ca-file",
+        ca,
+        "--token",
+        "ops-secret",
+        "tables",
+    ]);
+    assert!(
+        tables.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tables.stderr)
+    );
+
+    // Without the token the node refuses; without the CA file the client does.
+    let refused = ask(&["log", "topics", "--node", &url, "--ca-file", ca]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("answered 401"), "{said}");
+    let untrusted = ask(&["log", "topics", "--node", &url, "--token", "ops-secret"]);
+    assert!(!untrusted.status.success());
+    let said = String::from_utf8_lossy(&untrusted.stderr).to_lowercase();
+    assert!(said.contains("certificate"), "{said}");
+    assert!(
+        !elsewhere.path().join("log").exists(),
+        "asking a node by URL opens nothing here"
+    );
+    drop(node);
 }
