@@ -365,6 +365,9 @@ impl Sink {
         batches: &ReadBatches,
     ) -> Result<Option<Unreadable>, LakeError> {
         let from = round.core.next(partition);
+        // One clock reading for the whole read: a row's wait is counted from when its batch
+        // was read, and a reading per row would cost more than the row.
+        let read_at = round.now();
         let mut mismatches: Vec<Mismatch> = Vec::new();
         let mut broken = None;
         'batches: for view in batches.iter() {
@@ -471,10 +474,9 @@ impl Sink {
                     &mut mismatches,
                 );
                 let bytes = slot.buffer.bytes();
-                let now = round.now();
                 round
                     .core
-                    .row_taken(index, partition, record.offset, bytes, now);
+                    .row_taken(index, partition, record.offset, bytes, read_at);
             }
         }
         if !mismatches.is_empty() {
