@@ -179,6 +179,8 @@ impl Sink {
                     continue;
                 }
                 self.buffers[slot].push((partition, record.offset, xxh3_64(record.value)));
+                // The model's rows are small; a flat size per row stands in for the real
+                // buffer's bytes, so that the byte bound is reached now and then too.
                 let bytes = self.buffers[slot].len() * 64;
                 self.core
                     .row_taken(slot, partition, record.offset, bytes, now);

@@ -402,26 +402,21 @@ pub fn ask_node_with(
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => format!("http://{}", owner_address(data)?),
     };
-    let url = format!("{base}{path}");
-    let client = nublar_client::Client::new(nublar_client::ClientOptions {
-        ca_file: target.ca_file.clone(),
-        ..nublar_client::ClientOptions::default()
+    let answer = send(
+        &base,
+        target.ca_file.clone(),
+        method,
+        path,
+        target.token.as_deref(),
+        body,
+    )
+    .with_context(|| match &target.node {
+        Some(_) => format!("asking the node at {base}"),
+        None => format!(
+            "a node owns {} but does not answer on {base}",
+            data.display()
+        ),
     })?;
-    let method = hyper::Method::from_bytes(method.as_bytes())
-        .with_context(|| format!("{method:?} is no HTTP method"))?;
-    let request = client
-        .request(method, &url)
-        .token(target.token.as_deref())
-        .header("content-type", "application/json")
-        .body(body.to_vec());
-    let answer =
-        nublar_client::Client::block_on(request.send()).with_context(|| match &target.node {
-            Some(_) => format!("asking the node at {base}"),
-            None => format!(
-                "a node owns {} but does not answer on {base}",
-                data.display()
-            ),
-        })?;
     if answer.status != hyper::StatusCode::OK {
         anyhow::bail!(
             "the node at {base} answered {}: {}",
@@ -430,6 +425,30 @@ pub fn ask_node_with(
         );
     }
     Ok(answer.text())
+}
+
+/// One request to `path` at `base` (`http://HOST:PORT` or `https://…`), waited for.
+fn send(
+    base: &str,
+    ca_file: Option<std::path::PathBuf>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> anyhow::Result<nublar_client::Response> {
+    let client = nublar_client::Client::new(nublar_client::ClientOptions {
+        ca_file,
+        ..nublar_client::ClientOptions::default()
+    })?;
+    let method = hyper::Method::from_bytes(method.as_bytes())
+        .with_context(|| format!("{method:?} is no HTTP method"))?;
+    let url = format!("{base}{path}");
+    let request = client
+        .request(method, &url)
+        .token(token)
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    Ok(nublar_client::Client::block_on(request.send())?)
 }
 
 /// Where the node that owns `data` said it answers, in `node.json`.
@@ -458,16 +477,14 @@ pub fn http_request(
     token: Option<&str>,
     body: &[u8],
 ) -> anyhow::Result<(u16, String)> {
-    let client = nublar_client::Client::new(nublar_client::ClientOptions::default())?;
-    let method = hyper::Method::from_bytes(method.as_bytes())
-        .with_context(|| format!("{method:?} is no HTTP method"))?;
-    let url = format!("http://{address}{path}");
-    let request = client
-        .request(method, &url)
-        .token(token)
-        .header("content-type", "application/json")
-        .body(body.to_vec());
-    let answer = nublar_client::Client::block_on(request.send())?;
+    let answer = send(
+        &format!("http://{address}"),
+        None,
+        method,
+        path,
+        token,
+        body,
+    )?;
     Ok((answer.status.as_u16(), answer.text()))
 }
 

@@ -1,10 +1,9 @@
 //! A node started and stopped in this process: what it acknowledged is in the log and, once
 //! stopped, in the lake; its announcement for local commands comes and goes with it.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
+use nublar_client::{Client, ClientOptions, Method};
 use nublar_lake::query::{self, Format, QueryConfig};
 use nublar_node::config::NodeConfig;
 use nublar_node::node::{Node, NodeOptions};
@@ -18,30 +17,17 @@ fn loopback_config() -> NodeConfig {
     config
 }
 
-/// One HTTP/1.1 request on a connection of its own: the status code and the body.
-fn request(address: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+/// One request through the project's client: the status code and the body.
+async fn request(address: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let client = Client::new(ClientOptions::default()).unwrap();
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    let answer = client
+        .request(method, &format!("http://{address}{path}"))
+        .body(body.to_vec())
+        .send()
+        .await
         .unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    (answer.status.as_u16(), answer.text())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,15 +51,10 @@ async fn a_node_in_this_process_serves_and_stops_with_everything_acknowledged_in
     let body = "weather,station=ws-1 temp_c=21.5 1700000000000000000\n\
                 weather,station=ws-2 temp_c=19.0 1700000000000000001\n\
                 fence,segment=f-1 volts=8100i 1700000000000000002\n";
-    let (status, answer) = tokio::task::spawn_blocking(move || {
-        request(http, "POST", "/api/v2/write?bucket=park", body.as_bytes())
-    })
-    .await
-    .unwrap();
+    let (status, answer) =
+        request(http, "POST", "/api/v2/write?bucket=park", body.as_bytes()).await;
     assert_eq!(status, 204, "{answer}");
-    let (status, _) = tokio::task::spawn_blocking(move || request(http, "GET", "/ready", b""))
-        .await
-        .unwrap();
+    let (status, _) = request(http, "GET", "/ready", b"").await;
     assert_eq!(status, 200);
 
     node.stop().await.unwrap();
@@ -125,11 +106,8 @@ async fn a_stopped_node_starts_again_on_the_same_directory_in_the_same_process()
             "gate,gate=g-1 open=true {}\n",
             1_700_000_000_000_000_000i64 + round
         );
-        let (status, answer) = tokio::task::spawn_blocking(move || {
-            request(http, "POST", "/api/v2/write?bucket=park", line.as_bytes())
-        })
-        .await
-        .unwrap();
+        let (status, answer) =
+            request(http, "POST", "/api/v2/write?bucket=park", line.as_bytes()).await;
         assert_eq!(status, 204, "{answer}");
         node.stop().await.unwrap();
     }

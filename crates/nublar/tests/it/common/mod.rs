@@ -67,8 +67,7 @@ impl Drop for NodeProcess {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection: the status and the body as
-/// bytes (the tests' servers answer with Content-Length or close).
+/// One request through the project's client, waited for: the status and the body as bytes.
 pub fn request(
     address: SocketAddr,
     method: &str,
@@ -76,30 +75,16 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    let mut head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let client = nublar_client::Client::new(nublar_client::ClientOptions::default()).unwrap();
+    let method = nublar_client::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client
+        .request(method, &format!("http://{address}{target}"))
+        .body(body.to_vec());
     for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(name, value);
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).unwrap();
-    let end = reply
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .expect("a complete head");
-    let status = String::from_utf8_lossy(&reply[..end])
-        .split(' ')
-        .nth(1)
-        .and_then(|status| status.parse().ok())
-        .expect("a status line");
-    (status, reply[end + 4..].to_vec())
+    let answer = nublar_client::Client::block_on(request.send()).unwrap();
+    (answer.status.as_u16(), answer.body)
 }
 
 /// `nublar serve` on `data` with `config` as its TOML file, HTTP on `http`; its stderr is
